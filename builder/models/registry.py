@@ -1,0 +1,120 @@
+"""Which variants exist, and building one with its weights loaded."""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import pathlib
+from typing import Any
+
+from builder.errors import UserError, did_you_mean
+from builder.log import warn
+from builder.models.base import Detector, Family
+
+# adding a family means adding its module here, nothing else
+FAMILY_MODULES = ("builder.models.yolo_nas", "builder.models.ppyoloe")
+DEFAULT_NUM_CLASSES = 80
+
+
+@functools.cache
+def families() -> tuple[Family, ...]:
+    return tuple(importlib.import_module(name).FAMILY for name in FAMILY_MODULES)
+
+
+def variants() -> dict[str, Family]:
+    return {variant: family for family in families() for variant in family.variants}
+
+
+def family_of(variant: str) -> Family:
+    known = variants()
+    if variant not in known:
+        raise UserError(f"unknown model '{variant}'",
+                        hint=did_you_mean(variant, known) or "builder models lists them")
+    return known[variant]
+
+
+def construct(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> Detector:
+    """The variant with fresh (random) weights, in training form."""
+    family = family_of(variant)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = family.builders[variant](num_classes)
+    model.variant = variant
+    model.family = family
+    model.num_classes = num_classes
+    model.class_names = None
+    return model
+
+
+def parameter_count(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> int:
+    """Training-form parameter count, without allocating the weights."""
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in construct(variant, num_classes).parameters())
+
+
+def resolve_weights(variant: str, weights: str) -> pathlib.Path:
+    """A local file for a weights argument: a path, an http(s) URL, or the name of a published dataset."""
+    from builder.models.download import fetch
+
+    if weights == "coco":
+        url = family_of(variant).pretrained_url.format(variant=variant)
+        mirror = os.environ.get("BUILDER_WEIGHTS_MIRROR")
+        if mirror:  # air-gapped sites serve the published files from their own host
+            url = mirror.rstrip("/") + "/" + url.rsplit("/", 1)[1]
+        return fetch(url)
+    if weights.startswith(("http://", "https://")):
+        return fetch(weights)
+    path = pathlib.Path(weights).expanduser()
+    if not path.exists():
+        raise UserError(f"weights '{weights}' are neither a file, a URL, nor 'coco'")
+    return path
+
+
+def num_classes_in(variant: str, state: dict[str, Any]) -> int | None:
+    """The class count a state dict was trained with, read off the tensors whose shape depends on it."""
+    import torch
+
+    with torch.device("meta"):
+        one, two = construct(variant, 1).state_dict(), construct(variant, 2).state_dict()
+    for key, tensor in one.items():
+        if key in state and tensor.shape != two[key].shape:
+            axis = next(i for i, (a, b) in enumerate(zip(tensor.shape, two[key].shape)) if a != b)
+            if axis < state[key].dim():
+                return int(state[key].shape[axis])
+    return None
+
+
+def build(variant: str, num_classes: int | None = None, checkpoint_path: str | None = None,
+          pretrained_weights: str | None = None, **unknown: Any) -> Detector:
+    """The variant with weights loaded strictly; random weights (with a warning) when none are given."""
+    from builder.models.checkpoints import (checkpoint_class_names, extract_state_dict, read_checkpoint,
+                                            state_dict_mismatch)
+
+    if unknown:
+        raise UserError(f"unknown option(s) for models.get: {', '.join(sorted(unknown))}")
+    family_of(variant)
+    if checkpoint_path and pretrained_weights:
+        raise UserError("give either checkpoint_path or pretrained_weights, not both")
+    weights = checkpoint_path or pretrained_weights
+    if weights is None:
+        model = construct(variant, num_classes or DEFAULT_NUM_CLASSES)
+        warn(f"no weights given: {variant} is randomly initialised; its output is for pipeline testing only")
+        return model.eval()
+
+    path = resolve_weights(variant, str(weights))
+    checkpoint = read_checkpoint(path)
+    state = extract_state_dict(checkpoint)
+    found = num_classes_in(variant, state)
+    model = construct(variant, num_classes or found or DEFAULT_NUM_CLASSES)
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        hint = (f"it was trained with {found} classes: pass num_classes={found}"
+                if found and found != model.num_classes else "is it a checkpoint of another model?")
+        raise UserError(f"checkpoint '{path.name}' does not fit {variant} with {model.num_classes} classes: {problem}",
+                        hint=hint)
+    model.load_state_dict(state, strict=True)
+    names = checkpoint_class_names(checkpoint)
+    model.class_names = names if names and len(names) == model.num_classes else None
+    return model.eval()
