@@ -9,4 +9,13 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 from builder import models  # noqa: E402  (light: imports torch only when a model is built)
 from builder.errors import BuilderError, UserError  # noqa: E402
 
-__all__ = ["models", "BuilderError", "UserError", "__version__"]
+
+
+def export(model_or_name, output, **options):
+    """Export a model (or a variant name) to ONNX; see `builder.exporting.export`. Returns an ExportResult."""
+    from builder.exporting import export as _export
+
+    return _export(model_or_name, output, **options)
+
+
+__all__ = ["models", "export", "BuilderError", "UserError", "__version__"]

@@ -74,6 +74,83 @@ def fetch_command(variant: str, weights: str, num_classes: int | None) -> None:
         click.echo(f"class names: {', '.join(model.class_names[:8])}{' ...' if len(model.class_names) > 8 else ''}")
 
 
+# CLI flag -> ExportSpec field. Help texts and defaults come from the spec; a flag the user does not give
+# stays None here and the spec's default applies, so there is no second set of defaults.
+EXPORT_FLAGS = (
+    ("--model", "model", str),
+    ("--weights", "weights", str),
+    ("--num-classes", "num_classes", int),
+    ("--input-shape", "input_image_shape", "shape"),
+    ("--batch-size", "batch_size", int),
+    ("--dynamic-batch", "dynamic_batch", "flag"),
+    ("--format", "output_predictions_format", "choice"),
+    ("--conf", "confidence_threshold", float),
+    ("--iou", "nms_threshold", float),
+    ("--pre-nms-top-k", "num_pre_nms_predictions", int),
+    ("--max-detections", "max_predictions_per_image", int),
+    ("--engine", "engine", "choice"),
+    ("--no-preprocessing", "preprocessing", "negated"),
+    ("--no-postprocessing", "postprocessing", "negated"),
+    ("--opset", "onnx_opset", int),
+    ("--no-simplify", "onnx_simplify", "negated"),
+)
+
+
+def spec_options(command):
+    """Attach one click option per EXPORT_FLAGS entry, described by the spec field it fills."""
+    import typing
+
+    from builder.spec import ExportSpec
+
+    for flag, name, kind in reversed(EXPORT_FLAGS):
+        field = ExportSpec.model_fields[name]
+        default = "" if field.is_required() or field.default is None else f" [default: {field.default}]"
+        if kind == "negated":
+            help_text = f"Leave out: {field.description[0].lower()}{field.description[1:]}"
+        else:
+            help_text = field.description + (default if kind != "flag" else "")
+        if kind in ("flag", "negated"):
+            option = click.option(flag, name, is_flag=True, default=None, help=help_text)
+        elif kind == "choice":
+            option = click.option(flag, name, type=click.Choice(typing.get_args(field.annotation)), default=None,
+                                  help=help_text)
+        elif kind == "shape":
+            option = click.option(flag, name, metavar="HxW", default=None, help=help_text)
+        else:
+            option = click.option(flag, name, type=kind, required=field.is_required(), default=None, help=help_text)
+        command = option(command)
+    return command
+
+
+def spec_values(given: dict) -> dict:
+    """The options the user gave, as ExportSpec values."""
+    from builder.spec import parse_shape
+
+    kinds = {name: kind for _, name, kind in EXPORT_FLAGS}
+    values = {}
+    for name, value in given.items():
+        if value is None or name not in kinds:
+            continue
+        if kinds[name] == "negated":
+            value = not value
+        elif kinds[name] == "shape":
+            value = parse_shape(value)
+        values[name] = value
+    return values
+
+
+@cli.command("export")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
+@spec_options
+def export_command(output: str, **given) -> None:
+    """Export a model to ONNX with preprocessing, decoding and NMS in the graph."""
+    from builder.exporting import export
+
+    values = spec_values(given)
+    result = export(values.pop("model"), output, **values)
+    click.echo(result.usage)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the command and maps its failure to an exit code and one line on stderr."""
     try:

@@ -26,12 +26,13 @@ class Preprocessing:
 
     def describe(self) -> list[str]:
         steps = ["cast uint8 -> float32"]
-        if self.channel_order == "BGR":
-            steps.append("RGB -> BGR channel swap")
+        if any(self.mean):
+            steps.append(f"subtract mean {list(self.mean)} ({self.channel_order})")
         if all(m == 0 for m in self.mean) and len(set(self.std)) == 1:
-            steps.append(f"scale by 1/{self.std[0]:g}")
+            scale = f"scale by 1/{self.std[0]:g}"
         else:
-            steps.append(f"normalize mean={list(self.mean)} std={list(self.std)}")
+            scale = f"divide by std {list(self.std)} ({self.channel_order})"
+        steps.append(("RGB -> BGR, " if self.channel_order == "BGR" else "") + scale)
         return steps
 
 
@@ -55,6 +56,19 @@ class Detector(nn.Module):
 
     def level_outputs(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per level, in `strides` order: class logits [B, C, H, W] and distances [B, 4 * (reg_max + 1), H, W]."""
+        raise NotImplementedError
+
+    def export(self, output, **options):
+        """Export to ONNX as `builder.export(self, output, **options)` does; returns an ExportResult."""
+        from builder.exporting import export
+
+        return export(self, output, **options)
+
+    def input_conv(self) -> nn.Conv2d:
+        """The convolution that reads the network input, in the fused (deploy) form.
+
+        Export folds the input normalisation and channel order into it.
+        """
         raise NotImplementedError
 
     def fuse(self) -> "Detector":

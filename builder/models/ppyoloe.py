@@ -280,6 +280,12 @@ class PPYoloE(Detector):
         self.neck = CSPPAN(self.backbone.out_channels, neck_channels, _scaled(NECK_BLOCKS, depth_mult))
         self.head = PPYoloEHead(neck_channels, num_classes, self.reg_max)
 
+    def input_conv(self) -> nn.Conv2d:
+        first = self.backbone.stem.conv1.seq
+        if hasattr(first, "bn"):
+            raise RuntimeError("input_conv() is defined on the fused model: call fuse() first")
+        return first.conv
+
     def level_outputs(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return self.head(self.neck(self.backbone(x)))
 

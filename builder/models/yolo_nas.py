@@ -98,6 +98,12 @@ class YoloNAS(Detector):
             for i, (in_channels, inter) in enumerate(zip(NECK_CHANNELS[1:], config.head_inter_channels), start=1)
         })
 
+    def input_conv(self) -> nn.Conv2d:
+        stem = self.backbone.stem.conv
+        if not stem.fused:
+            raise RuntimeError("input_conv() is defined on the fused model: call fuse() first")
+        return stem.rbr_reparam
+
     def level_outputs(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         features = self.neck(*self.backbone(x))
         return [head(feature) for head, feature in zip(self.heads.values(), features)]

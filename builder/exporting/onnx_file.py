@@ -1,0 +1,87 @@
+"""torch -> ONNX with the current (dynamo) exporter, simplification, checks, and an atomic write."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pathlib
+import tempfile
+import warnings
+
+import onnx
+import torch
+
+from builder.errors import UserError
+
+
+def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: list[str] | None,
+                  dynamic_batch: bool, opset: int) -> onnx.ModelProto:
+    """The module as an ONNX model with one input named `images`."""
+    dynamic = {"images": {0: "batch"}} if dynamic_batch else None
+    torch_log = logging.getLogger("torch.onnx")
+    level = torch_log.level
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each step on stdout
+        warnings.simplefilter("ignore")
+        torch_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed": not our concern
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(module, (example,), path, dynamo=True, opset_version=opset, input_names=["images"],
+                          output_names=output_names, dynamic_axes=dynamic, external_data=False, verbose=False)
+        torch_log.setLevel(level)
+        return onnx.load(path)
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and shape cleanup with onnxsim; its own check runs the model once on random input."""
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified model")
+    return simplified
+
+
+def check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx.checker's full check (shape inference included); returns the model with inferred shapes."""
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def check_destination(destination: pathlib.Path) -> pathlib.Path:
+    """Refuse an unusable output path up front, before minutes of work."""
+    destination = destination.resolve()
+    if destination.suffix != ".onnx":
+        raise UserError(f"output '{destination}' must end in .onnx")
+    if destination.is_dir():
+        raise UserError(f"output '{destination}' is a directory; give a file name such as model.onnx")
+    if not destination.parent.is_dir():
+        raise UserError(f"output folder '{destination.parent}' does not exist")
+    return destination
+
+
+def save_atomically(model: onnx.ModelProto, destination: pathlib.Path) -> None:
+    """Write next to the destination, then rename: readers see the old file or the whole new one."""
+    destination = check_destination(destination)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def tensor_signature(values) -> list[dict]:
+    """name, dtype and shape (ints or symbol names) of graph inputs/outputs."""
+    out = []
+    for value in values:
+        t = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
+                 for d in t.shape.dim]
+        out.append({"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                    "shape": shape})
+    return out

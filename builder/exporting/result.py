@@ -1,0 +1,112 @@
+"""What an export made, and how to run it: printed like SuperGradients' export result, but for this model."""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: pathlib.Path
+    model: str
+    engine: str
+    output_predictions_format: Optional[str]  # None without (builder's) postprocessing
+    input_name: str
+    input_shape: list
+    input_dtype: str
+    inputs: list[dict]
+    outputs: list[dict]
+    preprocessing_steps: list[str]
+    resize: str
+    confidence_threshold: Optional[float]
+    nms_threshold: Optional[float]
+    num_pre_nms_predictions: Optional[int]
+    max_predictions_per_image: Optional[int]
+    batch_size: Optional[int]  # None for a dynamic batch
+    export_seconds: float
+    class_names: Optional[list[str]] = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.outputs]
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.batch_size is None
+
+    @property
+    def usage(self) -> str:
+        return "\n".join(self._summary() + ["", "Run it:", "", self.snippet()])
+
+    def __str__(self) -> str:
+        return self.usage
+
+    __repr__ = __str__
+
+    def _summary(self) -> list[str]:
+        lines = [f"Exported {self.model} to {self.output}",
+                 f"  input  '{self.input_name}': {self.input_dtype} {_shape(self.input_shape)}"
+                 + (" (RGB)" if self.input_dtype == "uint8" else "")]
+        if self.preprocessing_steps:
+            lines.append("  preprocessing in the graph: " + ", ".join(self.preprocessing_steps))
+        lines.append(f"  resize before feeding it (not in the graph): {self.resize}")
+        if self.output_predictions_format:
+            lines.append(f"  postprocessing in the graph: decode, top {self.num_pre_nms_predictions} candidates, "
+                         f"class-aware NMS ({'ONNX NonMaxSuppression' if self.engine == 'onnxruntime' else 'TensorRT EfficientNMS_TRT'}) "
+                         f"with confidence > {self.confidence_threshold:g}, IoU {self.nms_threshold:g}, "
+                         f"at most {self.max_predictions_per_image} detections per image, best first")
+            lines.append(f"  output format: {self.output_predictions_format}")
+        for o in self.outputs:
+            lines.append(f"  output '{o['name']}': {o['dtype']} {_shape(o['shape'])}")
+        return lines
+
+    def snippet(self) -> str:
+        if self.engine == "tensorrt":
+            return self._tensorrt_snippet()
+        batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else 1
+        shape = tuple([batch] + list(self.input_shape[1:]))
+        lines = ["import numpy as np",
+                 "import onnxruntime as ort",
+                 "",
+                 f"session = ort.InferenceSession({str(self.output)!r}, providers=['CPUExecutionProvider'])",
+                 f"images = np.zeros({shape!r}, dtype=np.{self.input_dtype})  # your images, resized: {self.resize}"]
+        names = self.output_names
+        if self.output_predictions_format == "batch":
+            lines += [f"{', '.join(names)} = session.run(None, {{{self.input_name!r}: images}})",
+                      "for image_index in range(num_predictions.shape[0]):",
+                      "    for i in range(int(num_predictions[image_index, 0])):",
+                      "        x1, y1, x2, y2 = pred_boxes[image_index, i]",
+                      "        class_id, score = int(pred_classes[image_index, i]), float(pred_scores[image_index, i])",
+                      "        print(f'image {image_index}: class {class_id} score {score:.3f} box {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}')"]
+        elif self.output_predictions_format == "flat":
+            lines += [f"[predictions] = session.run(None, {{{self.input_name!r}: images}})",
+                      "for image_index, x1, y1, x2, y2, score, class_id in predictions:",
+                      "    print(f'image {int(image_index)}: class {int(class_id)} score {score:.3f} box {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}')"]
+        else:
+            lines += [f"outputs = session.run(None, {{{self.input_name!r}: images}})",
+                      f"for name, value in zip({names!r}, outputs):",
+                      "    print(name, value.dtype, value.shape)"]
+        return "\n".join(lines)
+
+    def _tensorrt_snippet(self) -> str:
+        engine = self.output.with_suffix(".plan")
+        shapes = ""
+        if self.dynamic_batch:
+            dims = "x".join(str(d) for d in self.input_shape[1:])
+            shapes = (f" --minShapes={self.input_name}:1x{dims} --optShapes={self.input_name}:8x{dims}"
+                      f" --maxShapes={self.input_name}:32x{dims}")
+        lines = ["# The NMS is TensorRT's EfficientNMS_TRT plugin: build and run with TensorRT (not ONNX Runtime).",
+                 f"trtexec --onnx={self.output} --saveEngine={engine}{shapes} --fp16",
+                 "# outputs, per image best first: " + ", ".join(f"{o['name']} {o['dtype']} {_shape(o['shape'])}"
+                                                                   for o in self.outputs)]
+        if self.output_predictions_format == "flat":
+            lines.append("# predictions rows: image_index, x1, y1, x2, y2, score, class")
+        else:
+            lines.append("# rows beyond num_dets[i] are padding")
+        return "\n".join(lines)
+
+
+def _shape(shape: list) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

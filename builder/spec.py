@@ -1,0 +1,82 @@
+"""The build spec: every option of an export, validated once, and the one place defaults live."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from builder.errors import UserError
+
+#: the ONNX opset we export: read by ONNX Runtime >= 1.14 and TensorRT 10's parser
+DEFAULT_OPSET = 18
+
+
+class ExportSpec(BaseModel):
+    """What `builder export` (and `builder.export()`) builds. Field descriptions are the CLI help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="Variant, e.g. yolo_nas_s (see 'builder models').")
+    weights: Optional[str] = Field(None, description="Checkpoint file, http(s) URL, or 'coco'. Default: random weights (pipeline testing only).")
+    num_classes: Optional[int] = Field(None, ge=1, description="Class count. Default: read from the checkpoint, else 80.")
+    input_image_shape: Optional[tuple[int, int]] = Field(None, description="Input H, W (multiples of 32). Default: the family's (640x640).")
+    batch_size: int = Field(1, ge=1, description="Fixed batch size of the input.")
+    dynamic_batch: bool = Field(False, description="Symbolic batch dimension instead of a fixed batch size.")
+    preprocessing: bool = Field(True, description="uint8 RGB input with the cast, channel order and normalisation in the graph.")
+    postprocessing: bool = Field(True, description="Decoding, top-k and NMS in the graph; otherwise raw boxes and scores.")
+    confidence_threshold: Optional[float] = Field(None, ge=0.0, le=1.0, description="Score threshold. Default: the family's.")
+    nms_threshold: Optional[float] = Field(None, ge=0.0, le=1.0, description="IoU threshold of NMS. Default: the family's.")
+    num_pre_nms_predictions: int = Field(1000, ge=1, description="Candidates (by best class score) that enter NMS.")
+    max_predictions_per_image: int = Field(1000, ge=1, description="Detections kept per image, best scores first.")
+    output_predictions_format: Literal["batch", "flat"] = Field("batch", description="batch: num/boxes/scores/classes tensors; flat: [N, 7] rows.")
+    engine: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Which NMS the graph carries: ONNX NonMaxSuppression or TensorRT's EfficientNMS plugin.")
+    onnx_opset: int = Field(DEFAULT_OPSET, ge=17, le=21, description="ONNX opset of the export.")
+    onnx_simplify: bool = Field(True, description="Simplify the graph (constant folding, shape cleanup).")
+
+    @field_validator("input_image_shape")
+    @classmethod
+    def _multiple_of_32(cls, value: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if value is not None and any(v < 32 or v % 32 for v in value):
+            raise ValueError(f"height and width must be multiples of 32 and at least 32, got {value[0]}x{value[1]}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExportSpec":
+        if self.dynamic_batch and self.batch_size != 1:
+            raise ValueError("dynamic_batch and a batch_size other than 1 contradict each other: choose one")
+        if not self.postprocessing and self.output_predictions_format != "batch":
+            raise ValueError("output_predictions_format only applies with postprocessing: drop one of them")
+        if not self.postprocessing and self.engine != "onnxruntime":
+            raise ValueError("engine selects the NMS flavour; without postprocessing there is none")
+        return self
+
+    @classmethod
+    def create(cls, **values: Any) -> "ExportSpec":
+        """Validate user input; a bad value becomes one line naming the option."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise UserError(validation_message(e)) from None
+
+
+def validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown option '{where}'"
+    return f"invalid {where}: {message}" if where else f"invalid options: {message}"
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """'640x480' or '640' -> (640, 480) / (640, 640)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"invalid input shape '{text}': expected HxW, e.g. 640x640") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        raise UserError(f"invalid input shape '{text}': expected HxW, e.g. 640x640")
+    return values[0], values[1]

@@ -1,0 +1,63 @@
+"""`builder export` on the command line: the printed snippet runs, bad input is one line, nothing half-written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from builder.cli import EXPORT_FLAGS
+from builder.spec import ExportSpec
+
+
+def _builder(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_spec_field_has_one_cli_flag_and_no_default_of_its_own():
+    assert sorted(name for _, name, _ in EXPORT_FLAGS) == sorted(ExportSpec.model_fields)
+    from builder.cli import export_command
+
+    for param in export_command.params:
+        if param.name in ExportSpec.model_fields and not param.required:
+            assert param.default is None, param.name
+
+
+@pytest.mark.parametrize("fmt, unpack", [("batch", "num_predictions, pred_boxes, pred_scores, pred_classes = "),
+                                         ("flat", "[predictions] = ")])
+def test_printed_snippet_runs_as_printed_and_prints_detections(fmt, unpack, tmp_path):
+    from builder.models.registry import construct
+
+    torch.save(construct("ppyoloe_s", 3).state_dict(), tmp_path / "w.pt")
+    proc = _builder("export", "--model", "ppyoloe_s", "--weights", str(tmp_path / "w.pt"), "--output",
+                    str(tmp_path / "m.onnx"), "--input-shape", "160x192", "--format", fmt, "--conf", "0",
+                    "--max-detections", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert "input  'images': uint8 [1, 3, 160, 192] (RGB)" in proc.stdout
+    snippet = proc.stdout.split("Run it:\n\n", 1)[1]
+    assert unpack in snippet
+    run = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 5 and all(line.startswith("image 0: class ") for line in lines)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input-shape", "100x100"], "error: invalid input_image_shape: height and width must be multiples of 32"),
+    (["--batch-size", "2", "--dynamic-batch"], "error: invalid options: dynamic_batch and a batch_size other than 1"),
+    (["--conf", "1.5"], "error: invalid confidence_threshold: Input should be less than or equal to 1"),
+    (["--no-postprocessing", "--format", "flat"], "error: invalid options: output_predictions_format only applies"),
+    (["--format", "xml"], "error: Invalid value for '--format': 'xml' is not one of 'batch', 'flat'."),
+])
+def test_bad_export_options_are_one_line_and_write_nothing(args, message, tmp_path):
+    proc = _builder("export", "--model", "yolo_nas_s", "--output", str(tmp_path / "x.onnx"), *args)
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    assert proc.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_missing_output_folder_is_refused_before_anything_is_written(tmp_path):
+    proc = _builder("-q", "export", "--model", "ppyoloe_s", "--input-shape", "64x64", "--output",
+                    str(tmp_path / "no" / "such" / "x.onnx"))
+    assert proc.returncode == 2 and "output folder" in proc.stderr and proc.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
