@@ -70,17 +70,7 @@ def append_onnx_nms(model: onnx.ModelProto, boxes: str, scores: str, batch, k: i
         g.set_outputs([(names[0], TensorProto.INT64, [batch, 1]), (names[1], TensorProto.FLOAT, [batch, K, 4]),
                        (names[2], TensorProto.FLOAT, [batch, K]), (names[3], TensorProto.INT64, [batch, K])])
         return names
-    # flat: NonZero walks the valid mask row-major, so rows come per image, best score first
-    where = g.op("Transpose", g.op("NonZero", valid), perm=[1, 0])  # [N, 2] (image, rank)
-    image = g.op("Cast", g.op("Slice", where, g.const([0], "int64"), g.const([1], "int64"), g.const([1], "int64")),
-                 to=TensorProto.FLOAT)
-    rows = [image, g.op("GatherND", picked, where),
-            g.op("Unsqueeze", g.op("GatherND", top_scores, where), g.const([1], "int64")),
-            g.op("Unsqueeze", g.op("Cast", g.op("Div", g.op("GatherND", top_index, where), g.const(k, "int64")),
-                                   to=TensorProto.FLOAT), g.const([1], "int64"))]
-    g.op("Concat", *rows, axis=1, outputs=[FLAT_OUTPUT])
-    g.set_outputs([(FLAT_OUTPUT, TensorProto.FLOAT, ["num_rows", 7])])
-    return [FLAT_OUTPUT]
+    return _flat_rows(g, valid, picked, top_scores, g.op("Div", top_index, g.const(k, "int64")))
 
 
 def append_tensorrt_nms(model: onnx.ModelProto, boxes: str, scores: str, batch, k: int, classes: int,
@@ -105,15 +95,21 @@ def append_tensorrt_nms(model: onnx.ModelProto, boxes: str, scores: str, batch, 
                        (names[2], TensorProto.FLOAT, [batch, K]), (names[3], TensorProto.INT32, [batch, K])])
         return names
     num, det_boxes, det_scores, det_classes = names
-    rank = g.const(list(range(K)), "int64")
-    valid = g.op("Less", g.op("Unsqueeze", rank, g.const([0], "int64")), g.op("Cast", num, to=TensorProto.INT64))
-    where = g.op("Transpose", g.op("NonZero", valid), perm=[1, 0])
-    image = g.op("Cast", g.op("Slice", where, g.const([0], "int64"), g.const([1], "int64"), g.const([1], "int64")),
-                 to=TensorProto.FLOAT)
-    rows = [image, g.op("GatherND", det_boxes, where),
-            g.op("Unsqueeze", g.op("GatherND", det_scores, where), g.const([1], "int64")),
-            g.op("Unsqueeze", g.op("Cast", g.op("GatherND", det_classes, where), to=TensorProto.FLOAT),
-                 g.const([1], "int64"))]
-    g.op("Concat", *rows, axis=1, outputs=[FLAT_OUTPUT])
+    rank = g.const([list(range(K))], "int64")
+    valid = g.op("Less", rank, g.op("Cast", num, to=TensorProto.INT64))  # [B, K]: the first num_dets rows
+    return _flat_rows(g, valid, det_boxes, det_scores, det_classes)
+
+
+def _flat_rows(g: GraphEditor, valid: str, boxes: str, scores: str, classes: str) -> list[str]:
+    """[N, 7] rows (image, x1, y1, x2, y2, score, class) of the valid entries of per-image [B, K] results.
+
+    NonZero walks the mask row-major, so the rows come image by image, in each image's (best-first) order.
+    """
+    where = g.op("Transpose", g.op("NonZero", valid), perm=[1, 0])  # [N, 2]: (image, rank)
+    one = g.const([1], "int64")
+    image = g.op("Cast", g.op("Slice", where, g.const([0], "int64"), one, one), to=TensorProto.FLOAT)
+    column = lambda values: g.op("Unsqueeze", g.op("Cast", g.op("GatherND", values, where), to=TensorProto.FLOAT), one)  # noqa: E731
+    g.op("Concat", image, g.op("GatherND", boxes, where), column(scores), column(classes), axis=1,
+         outputs=[FLAT_OUTPUT])
     g.set_outputs([(FLAT_OUTPUT, TensorProto.FLOAT, ["num_rows", 7])])
     return [FLAT_OUTPUT]
