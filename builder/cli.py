@@ -93,6 +93,10 @@ EXPORT_FLAGS = (
     ("--no-postprocessing", "postprocessing", "negated"),
     ("--opset", "onnx_opset", int),
     ("--no-simplify", "onnx_simplify", "negated"),
+    ("--precision", "precision", "choice"),
+    ("--calibration-images", "calibration_images", "folder"),
+    ("--calibration-count", "calibration_count", int),
+    ("--calibration-method", "calibration_method", "choice"),
 )
 
 
@@ -116,6 +120,8 @@ def spec_options(command):
                                   help=help_text)
         elif kind == "shape":
             option = click.option(flag, name, metavar="HxW", default=None, help=help_text)
+        elif kind == "folder":
+            option = click.option(flag, name, metavar="DIR", default=None, help=help_text)
         else:
             option = click.option(flag, name, type=kind, required=field.is_required(), default=None, help=help_text)
         command = option(command)

@@ -32,6 +32,10 @@ class ExportSpec(BaseModel):
     engine: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Which NMS the graph carries: ONNX NonMaxSuppression or TensorRT's EfficientNMS plugin.")
     onnx_opset: int = Field(DEFAULT_OPSET, ge=17, le=21, description="ONNX opset of the export.")
     onnx_simplify: bool = Field(True, description="Simplify the graph (constant folding, shape cleanup).")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the network (decode and NMS stay float32).")
+    calibration_images: Optional[str] = Field(None, description="Folder of images for INT8 calibration. Default: builder's built-in photos (with a warning).")
+    calibration_count: int = Field(64, ge=1, description="How many calibration images to use.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How INT8 activation ranges are chosen from the calibration images.")
 
     @field_validator("input_image_shape")
     @classmethod
@@ -46,6 +50,8 @@ class ExportSpec(BaseModel):
             raise ValueError("dynamic_batch and a batch_size other than 1 contradict each other: choose one")
         if not self.postprocessing and self.output_predictions_format != "batch":
             raise ValueError("output_predictions_format only applies with postprocessing: drop one of them")
+        if self.calibration_images is not None and self.precision != "int8":
+            raise ValueError("calibration_images only apply to precision int8")
         if not self.postprocessing and self.engine != "onnxruntime":
             raise ValueError("engine selects the NMS flavour; without postprocessing there is none")
         return self

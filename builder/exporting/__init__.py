@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import pathlib
 import time
 from typing import Any
@@ -10,52 +9,63 @@ from typing import Any
 from builder.errors import UserError
 from builder.spec import ExportSpec
 
+#: SuperGradients' names for the precision option
+QUANTIZATION_MODES = {None: "fp32", "fp16": "fp16", "int8": "int8"}
+
 
 def export(model_or_name: Any, output: str | pathlib.Path, **options: Any):
     """Export a model (a `Detector` or a variant name) to `output`; returns an `ExportResult`.
 
     Options are the fields of `builder.spec.ExportSpec`; `preprocessing` and `postprocessing` also accept
-    an nn.Module, as in SuperGradients.
+    an nn.Module, `quantization_mode` ("fp16"/"int8") is SuperGradients' name for `precision`, and
+    `calibration_loader` takes a DataLoader of training-normalised images for INT8, as in SuperGradients.
     """
     import torch
 
+    from builder.exporting.onnx_file import check_destination
     from builder.models.base import Detector
     from builder.models.registry import build
-
-    from builder.exporting.onnx_file import check_destination
 
     check_destination(pathlib.Path(output))
     custom_pre = options.pop("preprocessing", True)
     custom_post = options.pop("postprocessing", True)
+    loader = options.pop("calibration_loader", None)
+    if "quantization_mode" in options:
+        mode = options.pop("quantization_mode")
+        if mode not in QUANTIZATION_MODES:
+            raise UserError(f"invalid quantization_mode {mode!r}: expected 'fp16', 'int8' or None")
+        options["precision"] = QUANTIZATION_MODES[mode]
     for name, value in (("preprocessing", custom_pre), ("postprocessing", custom_post)):
         if not isinstance(value, (bool, torch.nn.Module)):
             raise UserError(f"invalid {name}: expected True, False or an nn.Module, got {type(value).__name__}")
+    flags = {"preprocessing": custom_pre is not False, "postprocessing": custom_post is not False}
     if isinstance(model_or_name, Detector):
         if options.get("weights") or options.get("num_classes"):
             raise UserError("weights and num_classes apply when exporting by name, not to a model object")
-        spec = ExportSpec.create(model=model_or_name.variant, preprocessing=custom_pre is not False,
-                                 postprocessing=custom_post is not False, **options)
+        spec = ExportSpec.create(model=model_or_name.variant, **flags, **options)
         model = copy.deepcopy(model_or_name)  # fusing and folding must not touch the caller's model
     elif isinstance(model_or_name, str):
-        spec = ExportSpec.create(model=model_or_name, preprocessing=custom_pre is not False,
-                                 postprocessing=custom_post is not False, **options)
-        model = build(spec.model, num_classes=spec.num_classes, checkpoint_path=spec.weights)
+        spec = ExportSpec.create(model=model_or_name, **flags, **options)
+        model = None
     else:
         raise UserError(f"expected a model or a model name, got {type(model_or_name).__name__}")
+    if loader is not None and spec.precision != "int8":
+        raise UserError("calibration_loader only applies to INT8 (quantization_mode='int8')")
+    if spec.precision != "fp32" and isinstance(custom_post, torch.nn.Module):
+        raise UserError("quantization needs builder's own postprocessing (or none): a custom postprocessing "
+                        "module cannot be checked against FP32")
+    if model is None:
+        model = build(spec.model, num_classes=spec.num_classes, checkpoint_path=spec.weights)
     return export_model(model, pathlib.Path(output), spec,
                         custom_pre if isinstance(custom_pre, torch.nn.Module) else None,
-                        custom_post if isinstance(custom_post, torch.nn.Module) else None)
+                        custom_post if isinstance(custom_post, torch.nn.Module) else None, loader)
 
 
-def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None, custom_post=None):
-    import onnx
+def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None, custom_post=None, loader=None):
     import torch
 
-    from builder import __version__
-    from builder.exporting import nms as nms_graph
-    from builder.exporting.onnx_file import (check, check_destination, save_atomically, simplify, tensor_signature,
-                                             trace_to_onnx)
-    from builder.exporting.pipeline import ExportPipeline, fold_preprocessing
+    from builder.exporting.graphs import finalize, trace_pipeline
+    from builder.exporting.onnx_file import check_destination, save_atomically, tensor_signature
     from builder.exporting.result import ExportResult
 
     check_destination(output)
@@ -69,46 +79,20 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
     iou = spec.nms_threshold if spec.nms_threshold is not None else family.default_iou
 
     model = model.eval().fuse()
-    steps: list[str] = []
-    if custom_pre is not None:
-        preprocess, input_dtype = custom_pre, torch.uint8
-        steps = [f"custom {type(custom_pre).__name__}"]
-    elif spec.preprocessing:
-        preprocess, input_dtype = fold_preprocessing(model, prep), torch.uint8
-        steps = prep.describe()
-        steps[-1] += " (folded into the first convolution's weights)"
-    else:
-        preprocess, input_dtype = torch.nn.Identity(), torch.float32
-    if custom_post is not None:
-        pipeline, names = ExportPipeline(model, preprocess, "raw", postprocess=custom_post), None
-    elif spec.postprocessing:
-        pipeline, names = ExportPipeline(model, preprocess, "topk", top_k), ["pre_nms_boxes", "pre_nms_scores"]
-    else:
-        pipeline, names = ExportPipeline(model, preprocess, "raw"), ["boxes", "scores"]
-
-    batch = "batch" if spec.dynamic_batch else spec.batch_size
-    example_batch = 2 if spec.dynamic_batch else spec.batch_size  # 1 would let the tracer specialise it
-    if input_dtype == torch.uint8:
-        example = torch.randint(0, 256, (example_batch, 3, height, width), dtype=torch.uint8)
-    else:
-        example = torch.rand(example_batch, 3, height, width)
     with torch.no_grad():
-        graph = trace_to_onnx(pipeline.eval(), example, names, spec.dynamic_batch, spec.onnx_opset)
-    if spec.onnx_simplify:
-        graph = simplify(graph)
+        graph, steps = trace_pipeline(model, spec, (height, width), top_k, custom_pre, custom_post)
+    settings = dict(top_k=top_k, conf=conf, iou=iou, num_classes=model.num_classes)
+    report = None
+    if spec.precision != "fp32":
+        from builder.quantize.apply import quantize_graph
 
-    if spec.postprocessing and custom_post is None:
-        settings = nms_graph.NMSSettings(conf, iou, spec.max_predictions_per_image, spec.output_predictions_format)
-        append = nms_graph.append_tensorrt_nms if spec.engine == "tensorrt" else nms_graph.append_onnx_nms
-        append(graph, "pre_nms_boxes", "pre_nms_scores", batch, top_k, model.num_classes, settings)
-    _name_input_batch(graph, batch)
-    graph.producer_name, graph.producer_version = "builder", __version__
-    metadata = {"builder_version": __version__, "model": spec.model, "num_classes": str(model.num_classes),
-                "spec": spec.model_dump_json(), "preprocessing": json.dumps(prep.__dict__),
-                "class_names": json.dumps(model.class_names)}
-    onnx.helper.set_model_props(graph, metadata)
-    graph = check(graph)
+        graph, report = quantize_graph(graph, spec, prep, (height, width), settings, loader)
+    graph = finalize(graph, spec, model, settings)
     save_atomically(graph, output)
+    if report is not None:
+        from builder.quantize.apply import save_report
+
+        save_report(report, output)
 
     inputs, outputs = tensor_signature(graph.graph.input), tensor_signature(graph.graph.output)
     with_nms = spec.postprocessing and custom_post is None
@@ -124,10 +108,5 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
         num_pre_nms_predictions=top_k if with_nms else None,
         max_predictions_per_image=spec.max_predictions_per_image if with_nms else None,
         batch_size=None if spec.dynamic_batch else spec.batch_size,
-        export_seconds=time.monotonic() - started, class_names=model.class_names, spec=spec.model_dump())
-
-
-def _name_input_batch(graph, batch) -> None:
-    """The exporter names the symbolic batch dimension itself; give it the name the outputs use."""
-    if isinstance(batch, str):
-        graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param = batch
+        export_seconds=time.monotonic() - started, class_names=model.class_names, spec=spec.model_dump(),
+        precision=spec.precision, accuracy_report=report)

@@ -66,6 +66,7 @@ class ExportPipeline(nn.Module):
     mode "topk": the `top_k` anchors by best class score, decoded: boxes [B, k, 4], scores [B, k, C], the
     input of NMS. The distribution decode and the sigmoid run on those k anchors only, not on all N.
     mode "raw": every anchor, boxes [B, N, 4] and scores [B, N, C].
+    mode "analysis": both, top-k first (quantization compares the raw outputs and deploys the top-k ones).
     A custom postprocessing module gets (boxes, scores) of every anchor and returns whatever it returns.
     """
 
@@ -80,10 +81,17 @@ class ExportPipeline(nn.Module):
 
     def forward(self, images: torch.Tensor):
         x = self.preprocess(images)
-        if self.mode != "topk":
+        if self.mode == "raw":
             boxes, scores = self.model(x)
             return self.postprocess(boxes, scores) if self.postprocess is not None else (boxes, scores)
         logits, dists, anchors, strides = self.model.raw(x)
+        top = self._top_k(logits, dists, anchors, strides)
+        if self.mode == "analysis":
+            all_boxes = distances_to_boxes(expected_distances(dists), anchors, strides)
+            return (*top, all_boxes, logits.sigmoid())
+        return top
+
+    def _top_k(self, logits, dists, anchors, strides):
         batch, count, classes = logits.shape
         k = min(self.top_k, count)
         # sigmoid is monotone: ranking by the best logit ranks by the best score

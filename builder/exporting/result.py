@@ -27,6 +27,9 @@ class ExportResult:
     export_seconds: float
     class_names: Optional[list[str]] = None
     spec: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    #: for fp16/int8: agreement with FP32 on held-out photos (also written next to the model as JSON)
+    accuracy_report: Optional[dict[str, Any]] = None
 
     @property
     def output_names(self) -> list[str]:
@@ -60,6 +63,11 @@ class ExportResult:
             lines.append(f"  output format: {self.output_predictions_format}")
         for o in self.outputs:
             lines.append(f"  output '{o['name']}': {o['dtype']} {_shape(o['shape'])}")
+        if self.accuracy_report:
+            from builder.quantize.report import summary
+
+            lines.append(f"  precision: {self.precision}; {summary(self.accuracy_report)}")
+            lines.append(f"  accuracy report: {self.accuracy_report['path']}")
         return lines
 
     def snippet(self) -> str:

@@ -1,0 +1,105 @@
+"""FP16 or INT8 applied to a traced export, with the report that says what it cost against FP32."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+import onnx
+
+from builder.models.base import Preprocessing
+from builder.spec import ExportSpec
+
+# The last convolutions emit the class logits and box distributions. Quantized, their outputs get an int8
+# grid too (a logit range of ~30 in steps of ~0.25), which moves scores across the threshold; left in float
+# (their inputs are still int8 from the layer before) they cost little: they are small 1x1/3x3 layers.
+KEEP_PREDICTION_CONVS_FLOAT = True
+
+
+def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing, size: tuple[int, int],
+                   settings: dict, loader=None) -> tuple[onnx.ModelProto, dict]:
+    """The traced analysis graph (top-k and raw outputs) in the spec's precision, and its accuracy report."""
+    from builder.quantize.calibration import calibration_images, held_out_images
+    from builder.quantize.fp16 import convert_fp16
+    from builder.quantize.int8 import quantize_int8
+    from builder.quantize.region import name_nodes, network_region
+
+    name_nodes(graph)
+    region = network_region(graph)
+    calibration = None
+    if spec.precision == "fp16":
+        quantized = convert_fp16(graph, region)
+    else:
+        calibration = calibration_images(size, prep, spec.calibration_count, spec.calibration_images, loader)
+        quantized = quantize_int8(graph, region, calibration.batches, spec.calibration_method,
+                                  KEEP_PREDICTION_CONVS_FLOAT)
+    builtin = calibration is not None and spec.calibration_images is None and loader is None
+    held_out = held_out_images(size, prep, calibrated_on_builtin=builtin)
+    report = accuracy_report(graph, quantized, held_out, spec, settings)
+    if calibration is not None:
+        report["calibration"] = {"source": calibration.source, "images": len(calibration.batches),
+                                 "augmented": calibration.augmented, "method": spec.calibration_method,
+                                 "description": calibration.describe()}
+    report["prediction_convs"] = "float32" if spec.precision == "int8" and KEEP_PREDICTION_CONVS_FLOAT else spec.precision
+    return quantized, report
+
+
+def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held_out, spec: ExportSpec,
+                    settings: dict) -> dict:
+    from builder.exporting.graphs import RAW_OUTPUTS, keep_outputs, with_postprocessing
+    from builder.quantize import report as metrics
+
+    # detections always through ONNX NonMaxSuppression in batch format, whatever the deployed flavour
+    runnable = spec.model_copy(update={"postprocessing": True, "output_predictions_format": "batch",
+                                       "engine": "onnxruntime"})
+    raw_ref = _run_all(keep_outputs(reference, RAW_OUTPUTS), held_out.batches)
+    raw_q = _run_all(keep_outputs(quantized, RAW_OUTPUTS), held_out.batches)
+    det_ref = _run_all(with_postprocessing(reference, runnable, settings), held_out.batches)
+    det_q = _run_all(with_postprocessing(quantized, runnable, settings), held_out.batches)
+    report = {
+        "precision": spec.precision,
+        "held_out": {"source": held_out.source, "images": held_out.names},
+        "raw": metrics.raw_errors((np.concatenate([r[0] for r in raw_ref]), np.concatenate([r[1] for r in raw_ref])),
+                                  (np.concatenate([r[0] for r in raw_q]), np.concatenate([r[1] for r in raw_q]))),
+        "detections": metrics.agreement([_detections(o) for o in det_ref], [_detections(o) for o in det_q],
+                                        held_out.names),
+        "target_recall": metrics.TARGET_RECALL[spec.precision],
+        "thresholds": {"confidence": settings["conf"], "iou": settings["iou"], "match_iou": metrics.MATCH_IOU},
+    }
+    report["meets_target"] = report["detections"]["recall"] >= report["target_recall"]
+    return report
+
+
+def _run_all(model: onnx.ModelProto, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Each image through the model on its own (tiled to a fixed batch size when the model has one)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    out = []
+    for image in batches:
+        feed = np.repeat(image, batch, axis=0) if isinstance(batch, int) and batch > 1 else image
+        out.append([o[:1] for o in session.run(None, {"images": feed})])
+    return out
+
+
+def _detections(outputs: list[np.ndarray]) -> list[tuple]:
+    num, boxes, scores, classes = outputs
+    return [(float(scores[0, i]), int(classes[0, i]), boxes[0, i]) for i in range(int(num[0, 0]))]
+
+
+def save_report(report: dict, model_path: pathlib.Path) -> pathlib.Path:
+    """`<model>.accuracy.json` next to the model, written atomically."""
+    path = model_path.resolve().with_suffix(".accuracy.json")
+    report["path"] = str(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path

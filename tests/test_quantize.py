@@ -1,0 +1,238 @@
+"""FP16 and INT8 exports: where the reduced precision is, what stays float, the report, calibration sources."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import deque
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+import builder
+from builder.errors import UserError
+from builder.images import to_network_input
+from builder.models.registry import family_of
+from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos, fitted
+from builder.quantize.report import agreement, match
+from reference_weights import lively_model
+
+SIZE = (160, 160)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """yolo_nas_s whose scores spread on the built-in photos, held-out ones included."""
+    prep = family_of("yolo_nas_s").preprocessing
+    images = np.concatenate(fitted(builtin_photos(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS), SIZE, prep))
+    return lively_model("yolo_nas_s", torch.from_numpy(to_network_input(images, prep)), count=8)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    made = {}
+
+    def get(**options):
+        key = tuple(sorted(options.items()))
+        if key not in made:
+            made[key] = builder.export(model, tmp_path_factory.mktemp("q") / "m.onnx", input_image_shape=SIZE,
+                                       dynamic_batch=True, **options)
+        return made[key]
+
+    return get
+
+
+def _graph(result):
+    return onnx.load(result.output).graph
+
+
+def _downstream_ops(graph, start_names):
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen, ops, queue = set(), [], deque(start_names)
+    while queue:
+        for node in consumers.get(queue.popleft(), []):
+            if node.name not in seen:
+                seen.add(node.name)
+                ops.append(node.op_type)
+                queue.extend(node.output)
+    return ops
+
+
+def _last_convs(graph):
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    return [c for c in convs if "Conv" not in _downstream_ops(graph, c.output)]
+
+
+def _run(result, images):
+    return ort.InferenceSession(str(result.output), providers=["CPUExecutionProvider"]).run(None, {"images": images})
+
+
+def _photos(names):
+    return np.concatenate(fitted(builtin_photos(names), SIZE, family_of("yolo_nas_s").preprocessing))
+
+
+def test_fp16_network_keeps_uint8_input_and_float32_int64_outputs(exported):
+    result = exported(precision="fp16")
+    graph = _graph(result)
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    num, boxes, scores, classes = _run(result, _photos(HELD_OUT_PHOTOS))
+    assert (num.dtype, boxes.dtype, scores.dtype, classes.dtype) == (np.int64, np.float32, np.float32, np.int64)
+    initializers = {i.name: i for i in graph.initializer}
+    conv_weights = [initializers[n.input[1]].data_type for n in graph.node if n.op_type == "Conv"]
+    assert conv_weights and set(conv_weights) == {TensorProto.FLOAT16}
+    # decoding, top-k and NMS run in float32: nothing float16 downstream of the prediction layers but the casts back
+    values = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    [nms] = [n for n in graph.node if n.op_type == "NonMaxSuppression"]
+    assert values[nms.input[0]] == values[nms.input[1]] == TensorProto.FLOAT
+    for op in ("Softmax", "TopK"):
+        assert all(values.get(n.input[0]) == TensorProto.FLOAT for n in graph.node if n.op_type == op)
+
+
+def test_int8_is_symmetric_qdq_on_the_network_only(exported):
+    graph = _graph(exported(precision="int8", calibration_count=8))
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    last = _last_convs(graph)
+    for conv in convs:  # every convolution reads dequantized int8 activations...
+        assert producer[conv.input[0]].op_type == "DequantizeLinear"
+        if conv in last:  # ...the prediction layers keep float weights and emit float logits
+            assert conv.input[1] in initializers
+            continue
+        weight = producer[conv.input[1]]  # ...the others have per-channel int8 weights
+        w = initializers[weight.input[0]]
+        assert w.dtype == np.int8 and initializers[weight.input[1]].shape == (w.shape[0],)
+    for node in graph.node:  # TensorRT's explicit quantization: int8 with zero points of 0
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero_point = initializers[node.input[2]]
+            assert zero_point.dtype == np.int8 and not zero_point.any()
+    after = _downstream_ops(graph, [o for c in _last_convs(graph) for o in c.output])
+    assert "NonMaxSuppression" in after and "TopK" in after and "Softmax" in after
+    assert "QuantizeLinear" not in after and "DequantizeLinear" not in after
+    # the preprocessing (uint8 -> float cast) stays float; quantization starts at the first convolution's input
+    first_act = producer[convs[0].input[0]]
+    assert producer[first_act.input[0]].op_type == "QuantizeLinear"
+    assert producer[producer[first_act.input[0]].input[0]].op_type == "Cast"
+
+
+@pytest.mark.parametrize("fmt", ["batch", "flat"])
+def test_int8_runs_on_onnxruntime_in_both_formats(fmt, exported):
+    result = exported(precision="int8", calibration_count=8, output_predictions_format=fmt)
+    outputs = _run(result, _photos(["grace_hopper", "flower", "coffee"]))
+    if fmt == "flat":
+        assert outputs[0].dtype == np.float32 and outputs[0].shape[1] == 7
+        assert set(outputs[0][:, 0].astype(int)) <= {0, 1, 2}
+    else:
+        assert [o.dtype for o in outputs] == [np.int64, np.float32, np.float32, np.int64]
+        assert outputs[1].shape == (3, 1000, 4)
+
+
+def test_report_is_written_next_to_the_model_and_equals_an_independent_recount(model, exported, tmp_path):
+    result = exported(precision="int8", calibration_count=8)
+    report = json.loads(result.output.with_suffix(".accuracy.json").read_text())
+    assert report == json.loads(json.dumps(result.accuracy_report))
+    assert report["held_out"]["images"] == list(HELD_OUT_PHOTOS)
+    assert report["calibration"]["images"] == 8 and report["calibration"]["augmented"] == 3
+    # recount: the FP32 export of the same weights and the INT8 file, run here, matched here
+    fp32 = builder.export(model, tmp_path / "fp32.onnx", input_image_shape=SIZE, dynamic_batch=True)
+    images = _photos(HELD_OUT_PHOTOS)
+    ref, q = _run(fp32, images), _run(result, images)
+
+    def dets(out, b):
+        num, boxes, scores, classes = out
+        return [(float(scores[b, i]), int(classes[b, i]), boxes[b, i]) for i in range(int(num[b, 0]))]
+
+    matched = sum(len(match(dets(ref, b), dets(q, b))) for b in range(len(images)))
+    total = sum(int(n) for n in ref[0][:, 0])
+    assert total > 0 and report["detections"]["reference_detections"] == total
+    assert report["detections"]["matched"] == matched
+    assert report["detections"]["recall"] == pytest.approx(matched / total)
+
+
+def test_matching_needs_the_same_class_and_half_overlap():
+    box = np.array([0.0, 0.0, 10.0, 10.0])
+    shifted = np.array([0.0, 0.0, 10.0, 20.0])  # IoU 0.5 with box
+    far = np.array([0.0, 0.0, 10.0, 21.0])  # IoU < 0.5
+    assert match([(0.9, 1, box)], [(0.8, 1, shifted)]) == [0.5]
+    assert match([(0.9, 1, box)], [(0.8, 1, far)]) == []
+    assert match([(0.9, 1, box)], [(0.8, 2, box)]) == []
+    assert match([(0.9, 1, box), (0.7, 1, box)], [(0.8, 1, box)]) == [1.0]  # one-to-one
+    same = [[(0.9, 1, box)], []]
+    assert agreement(same, same, ["a", "b"])["recall"] == 1.0
+
+
+def test_fp16_report_checks_all_built_in_photos(exported):
+    report = exported(precision="fp16").accuracy_report
+    assert report["held_out"]["images"] == list(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS)
+    assert report["target_recall"] == 0.99 and "calibration" not in report
+    assert report["detections"]["reference_detections"] > 0
+
+
+def test_int8_calibrates_on_a_folder_and_holds_out_every_built_in_photo(model, tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, (name, image) in enumerate(builtin_photos(["astronaut", "rocket", "china"])):
+        Image.fromarray(image[:, ::-1]).save(folder / f"{i}_{name}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    with caplog.at_level("WARNING", logger="builder"):
+        result = builder.export(model, tmp_path / "q.onnx", input_image_shape=SIZE, precision="int8",
+                                calibration_images=str(folder), calibration_count=4)
+    report = result.accuracy_report
+    assert report["calibration"]["images"] == 3 and report["calibration"]["augmented"] == 0
+    assert report["held_out"]["images"] == list(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS)
+    assert "skipping broken.jpg" in caplog.text and "only 3 images" in caplog.text
+
+
+def test_int8_without_images_warns_and_uses_the_built_in_photos(model, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="builder"):
+        builder.export(model, tmp_path / "q.onnx", input_image_shape=SIZE, quantization_mode="int8", calibration_count=6)
+    assert "calibrating on builder's built-in photos" in caplog.text
+
+
+def test_int8_accepts_a_dataloader_in_training_normalisation(model, tmp_path):
+    prep = model.family.preprocessing
+    images = _photos(["coffee", "chelsea", "rocket", "china"])
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(to_network_input(images, prep)), torch.zeros(4))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    result = builder.export(model, tmp_path / "q.onnx", input_image_shape=SIZE, quantization_mode="int8",
+                            calibration_loader=loader, calibration_method="percentile")
+    assert result.accuracy_report["calibration"]["source"] == "the calibration DataLoader"
+    assert result.accuracy_report["calibration"]["images"] == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(calibration_images="/no/such/folder", precision="int8"), "does not exist"),
+    (dict(calibration_images="x", precision="fp16"), "calibration_images only apply to precision int8"),
+    (dict(quantization_mode="int4"), "invalid quantization_mode"),
+    (dict(calibration_loader=[torch.zeros(1, 3, 64, 64)], quantization_mode="int8"), "yields 64x64 images"),
+])
+def test_bad_quantization_options_are_refused(model, tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        builder.export(model, tmp_path / "q.onnx", input_image_shape=SIZE, **kwargs)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_cli_int8_with_a_calibration_folder_prints_the_report_and_shows_progress(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, image in builtin_photos(["coffee", "rocket"]):
+        Image.fromarray(image).save(folder / f"{name}.jpg")
+    proc = subprocess.run([sys.executable, "-m", "builder", "export", "--model", "ppyoloe_s", "--input-shape", "128x128",
+                           "--precision", "int8", "--calibration-images", str(folder), "--calibration-count", "2",
+                           "--output", str(tmp_path / "q.onnx")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "precision: int8; int8 vs fp32 on 7 held-out photos: recall" in proc.stdout
+    assert "calibrating" in proc.stderr and "2/2" in proc.stderr
+    assert (tmp_path / "q.accuracy.json").exists()
