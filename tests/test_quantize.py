@@ -168,6 +168,16 @@ def test_matching_needs_the_same_class_and_half_overlap():
     assert agreement(same, same, ["a", "b"])["recall"] == 1.0
 
 
+def test_fp16_keeps_float32_where_onnx_requires_it(tmp_path):
+    """PP-YOLOE's neck upsamples with Resize, whose scales input stays float32 in a float16 graph."""
+    result = builder.export("ppyoloe_s", tmp_path / "h.onnx", input_image_shape=(96, 96), precision="fp16")
+    graph = _graph(result)
+    initializers = {i.name: i.data_type for i in graph.initializer}
+    resizes = [n for n in graph.node if n.op_type == "Resize"]
+    assert resizes and all(initializers.get(n.input[2], TensorProto.FLOAT) == TensorProto.FLOAT for n in resizes)
+    assert result.accuracy_report["precision"] == "fp16"
+
+
 def test_fp16_report_checks_all_built_in_photos(exported):
     report = exported(precision="fp16").accuracy_report
     assert report["held_out"]["images"] == list(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS)

@@ -9,6 +9,9 @@ from onnx import TensorProto, numpy_helper
 
 from builder.quantize.region import Region
 
+#: inputs that the ONNX spec types as float32 regardless of the data's type
+FLOAT32_PARAMETERS = {"Resize": (1, 2), "Upsample": (1,)}
+
 
 def convert_fp16(model: onnx.ModelProto, region: Region) -> onnx.ModelProto:
     """Float32 tensors inside the region become float16, with a Cast at every edge that crosses it.
@@ -32,6 +35,8 @@ def convert_fp16(model: onnx.ModelProto, region: Region) -> onnx.ModelProto:
     for node in inside:
         _retype_node(node)
         for index, name in enumerate(node.input):
+            if index in FLOAT32_PARAMETERS.get(node.op_type, ()):
+                continue  # e.g. Resize's scales are float32 whatever the data type
             if name in initializers and initializers[name].data_type == TensorProto.FLOAT:
                 half = f"{name}/fp16"
                 if half not in casts_in:
