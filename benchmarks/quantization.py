@@ -1,0 +1,201 @@
+"""Benchmark: CPU latency, size and agreement with FP32 of builder's FP16 and INT8 end-to-end exports."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pathlib
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+# the latency benchmark's session settings and interleaved timing, so the numbers compare (importing it
+# also puts tests/ on the path, for reference_weights)
+from export_latency import open_session, time_sessions
+
+SIZE = (640, 640)
+# fewer candidates than the latency benchmark's 300: the synthetic scores crowd just above the threshold,
+# where INT8's ~0.5-logit error flips them either way, and more of them only measures that crowd
+DEFAULT_COUNT = 100
+
+
+@dataclass
+class Row:
+    label: str
+    path: pathlib.Path
+    export_s: float
+    report: dict | None
+    error: str | None = None  # the export failed: shown in the table, not timed
+    timings_ms: list[float] | None = None
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.timings_ms))
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.timings_ms, 90))
+
+    @property
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 1e6
+
+
+def builtin_batch(prep) -> np.ndarray:
+    """All seven built-in photos, uint8 RGB NCHW: the lively weights' batch norms and scores are set on them,
+    so the photos held out from calibration get detections too."""
+    from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos, fitted
+
+    return np.concatenate(fitted(builtin_photos(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS), SIZE, prep))
+
+
+@contextlib.contextmanager
+def prediction_convs_float(keep: bool):
+    """Export with the final class/box convolutions left float32 or quantized: a module switch, not an option."""
+    from builder.quantize import apply
+
+    before = apply.KEEP_PREDICTION_CONVS_FLOAT
+    apply.KEEP_PREDICTION_CONVS_FLOAT = keep
+    try:
+        yield
+    finally:
+        apply.KEEP_PREDICTION_CONVS_FLOAT = before
+
+
+def int8_options(args) -> dict:
+    # only what was asked for: the spec holds the defaults
+    names = {"method": "calibration_method", "calibration_count": "calibration_count",
+             "calibration_images": "calibration_images"}
+    return {option: str(value) if isinstance(value, pathlib.Path) else value
+            for flag, option in names.items() if (value := getattr(args, flag)) is not None}
+
+
+def export_all(variant: str, args, workdir: pathlib.Path) -> list[Row]:
+    import torch
+
+    import builder
+    from builder.images import to_network_input
+    from builder.models.registry import family_of
+    from builder.quantize.apply import KEEP_PREDICTION_CONVS_FLOAT as default_keep
+    from reference_weights import lively_model
+
+    prep = family_of(variant).preprocessing
+    x = torch.from_numpy(to_network_input(builtin_batch(prep), prep))
+    model = lively_model(variant, x, count=args.count)
+
+    exports = [("fp32", default_keep), ("fp16", default_keep), ("int8", default_keep)]
+    if args.both_prediction_convs:
+        exports.append(("int8", not default_keep))
+    rows = []
+    for i, (precision, keep_float) in enumerate(exports):
+        label = f"int8, prediction convs {'float32' if keep_float else 'int8'}" if precision == "int8" else precision
+        path = workdir / f"{variant}_{i}_{precision}.onnx"
+        options = int8_options(args) if precision == "int8" else {}
+        start = time.perf_counter()
+        try:
+            with prediction_convs_float(keep_float):
+                result = builder.export(model, path, precision=precision, input_image_shape=SIZE, **options)
+        except Exception as e:  # one broken precision should not hide the others' numbers
+            if precision == "fp32":
+                raise
+            rows.append(Row(label, path, time.perf_counter() - start, None, f"{type(e).__name__}: {e}"))
+            continue
+        rows.append(Row(label, path, time.perf_counter() - start, result.accuracy_report))
+    return rows
+
+
+def benchmark(variant: str, args, workdir: pathlib.Path) -> None:
+    from builder.models.registry import family_of
+
+    rows = export_all(variant, args, workdir)
+    image = builtin_batch(family_of(variant).preprocessing)[:1]  # astronaut, as in the latency benchmark
+    feeds = {}
+    for row in rows:
+        if row.error is None:
+            session = open_session(row.path)
+            feeds[row.label] = (session, {session.get_inputs()[0].name: image})
+    timings = time_sessions(feeds, args.warmup, args.runs)
+    for row in rows:
+        row.timings_ms = timings.get(row.label)
+
+    print(f"\n### {variant}: {SIZE[0]}x{SIZE[1]}, batch 1, ORT CPU 2 threads, median of {args.runs} runs after "
+          f"{args.warmup} warm-ups; lively weights with >= {args.count} scores per photo above the threshold\n")
+    print_table(rows)
+    print()
+    for row in rows[1:]:
+        if row.error is not None:
+            print(f"- {row.label}: export failed: {row.error.splitlines()[0][:300]}")
+            continue
+        held_out = row.report["held_out"]["images"]
+        detail = row.report.get("calibration", {}).get("description", "no calibration")
+        print(f"- {row.label}: agreement on {len(held_out)} held-out photos ({', '.join(held_out)}); "
+              f"calibration: {detail}")
+
+
+def print_table(rows: list[Row]) -> None:
+    fp32 = rows[0].median
+    header = ["precision", "median ms", "p90 ms", "speed-up", "size MB", "export s", "recall", "precision",
+              "mean IoU", "matched", "calibration"]
+    lines = [header]
+    for row in rows:
+        if row.error is not None:
+            lines.append([row.label, "failed"] + ["-"] * (len(header) - 2))
+            continue
+        d = row.report["detections"] if row.report else None
+        calibration = row.report.get("calibration") if row.report else None
+        lines.append([
+            row.label, f"{row.median:.1f}", f"{row.p90:.1f}", f"{fp32 / row.median:.2f}x", f"{row.size_mb:.1f}",
+            f"{row.export_s:.0f}",
+            *(["-"] * 4 if d is None else [f"{d['recall']:.3f}", f"{d['precision']:.3f}",
+                                           "-" if d["mean_iou"] is None else f"{d['mean_iou']:.3f}",
+                                           f"{d['matched']}/{d['reference_detections']}"]),
+            "-" if calibration is None else f"{calibration['method']}, {calibration['images']} images "
+                                            f"({calibration['augmented']} crops/flips)",
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def parse_args(argv: list[str] | None = None):
+    from builder.quantize.int8 import METHODS
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["yolo_nas_s", "ppyoloe_s"], metavar="VARIANT")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    parser.add_argument("--method", choices=METHODS, help="INT8 calibration method (default: builder's); entropy and "
+                        "percentile hold every calibrated tensor in memory, ~0.4 GB per 640 px image")
+    parser.add_argument("--calibration-count", type=int, metavar="N", help="INT8 calibration images (default: builder's)")
+    parser.add_argument("--calibration-images", type=pathlib.Path, metavar="DIR",
+                        help="calibrate on this folder instead of crops/flips of the built-in photos")
+    parser.add_argument("--both-prediction-convs", action="store_true",
+                        help="also time INT8 with the final class/box convolutions the other way from builder's "
+                             "default (quantized or left float32)")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
+                        help=f"(anchor, class) scores per photo above the threshold (default {DEFAULT_COUNT})")
+    parser.add_argument("--workdir", type=pathlib.Path, help="keep the exported ONNX files here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.count < 1:
+        parser.error("--runs and --count must be at least 1, --warmup at least 0")
+    if args.calibration_count is not None and args.calibration_count < 32:
+        parser.error("--calibration-count: at least 32, or the INT8 row measures too small a calibration set")
+    if args.calibration_images is not None and not args.calibration_images.is_dir():
+        parser.error(f"--calibration-images '{args.calibration_images}': no such folder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or pathlib.Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for variant in args.models:
+            benchmark(variant, args, workdir)
+
+
+if __name__ == "__main__":
+    main()
