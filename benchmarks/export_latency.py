@@ -127,10 +127,10 @@ def benchmark(variant: str, args, workdir: pathlib.Path, sg_onnx: pathlib.Path |
     print(f"\n### {variant}: {SIZE[0]}x{SIZE[1]}, batch 1, ORT CPU 2 threads, median of {args.runs} runs "
           f"after {args.warmup} warm-ups; astronaut: {passing} (anchor, class) scores > "
           f"{family.default_confidence:g} before NMS\n")
-    print_table(rows)
+    print_results(rows)
 
 
-def print_table(rows: list[Row]) -> None:
+def print_results(rows: list[Row]) -> None:
     raw = rows[0].median
     header = ["model", "median ms", "p90 ms", "overhead %", "nodes", "size MB", "export s", "detections"]
     lines = [header]
@@ -139,7 +139,12 @@ def print_table(rows: list[Row]) -> None:
         lines.append([row.label, f"{row.median:.1f}", f"{row.p90:.1f}", overhead, str(row.nodes),
                       f"{row.size_mb:.1f}", "-" if row.export_s is None else f"{row.export_s:.1f}",
                       "-" if row.detections is None else str(row.detections)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    print_markdown(lines)
+
+
+def print_markdown(lines: list[list[str]]) -> None:
+    """A markdown table, columns padded; the first line is the header."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for i, line in enumerate(lines):
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
         if i == 0:

@@ -12,7 +12,7 @@ import numpy as np
 
 # the latency benchmark's session settings and interleaved timing, so the numbers compare (importing it
 # also puts tests/ on the path, for reference_weights)
-from export_latency import open_session, time_sessions
+from export_latency import open_session, print_markdown, time_sessions
 
 SIZE = (640, 640)
 # fewer candidates than the latency benchmark's 300: the synthetic scores crowd just above the threshold,
@@ -121,7 +121,7 @@ def benchmark(variant: str, args, workdir: pathlib.Path) -> None:
 
     print(f"\n### {variant}: {SIZE[0]}x{SIZE[1]}, batch 1, ORT CPU 2 threads, median of {args.runs} runs after "
           f"{args.warmup} warm-ups; lively weights with >= {args.count} scores per photo above the threshold\n")
-    print_table(rows)
+    print_results(rows)
     print()
     for row in rows[1:]:
         if row.error is not None:
@@ -133,7 +133,7 @@ def benchmark(variant: str, args, workdir: pathlib.Path) -> None:
               f"calibration: {detail}")
 
 
-def print_table(rows: list[Row]) -> None:
+def print_results(rows: list[Row]) -> None:
     fp32 = rows[0].median
     header = ["precision", "median ms", "p90 ms", "speed-up", "size MB", "export s", "recall", "precision",
               "mean IoU", "matched", "calibration"]
@@ -153,11 +153,7 @@ def print_table(rows: list[Row]) -> None:
             "-" if calibration is None else f"{calibration['method']}, {calibration['images']} images "
                                             f"({calibration['augmented']} crops/flips)",
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print_markdown(lines)
 
 
 def parse_args(argv: list[str] | None = None):
