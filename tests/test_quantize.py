@@ -246,3 +246,18 @@ def test_cli_int8_with_a_calibration_folder_prints_the_report_and_shows_progress
     assert "precision: int8; int8 vs fp32 on 7 held-out photos: recall" in proc.stdout
     assert "calibrating" in proc.stderr and "2/2" in proc.stderr
     assert (tmp_path / "q.accuracy.json").exists()
+
+
+def test_calibration_runs_in_strides_that_divide_the_image_count():
+    from builder.quantize.int8 import calibration_stride
+
+    assert [calibration_stride(n) for n in (64, 7, 12, 1, 30)] == [8, 7, 6, 1, 6]
+
+
+def test_histogram_calibration_of_a_constant_tensor_is_one_clear_error(tmp_path):
+    """Random PP-YOLOE weights start with zero prediction layers: constant tensors that onnxruntime's
+    histogram calibrators cannot bin."""
+    with pytest.raises(UserError, match="percentile calibration failed: a tensor is constant"):
+        builder.export("ppyoloe_s", tmp_path / "q.onnx", input_image_shape=(96, 96), precision="int8",
+                       calibration_method="percentile", calibration_count=2)
+    assert not (tmp_path / "q.onnx").exists()
