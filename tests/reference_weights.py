@@ -31,15 +31,6 @@ def deterministic_state_dict(shapes: dict[str, tuple[int, ...]], scale: float = 
     return out
 
 
-def class_prediction_keys(variant: str) -> list[str]:
-    """The state_dict keys whose shape depends on the class count: the final class-prediction layers."""
-    from builder.models.registry import construct
-
-    with torch.device("meta"):
-        one, two = construct(variant, 1).state_dict(), construct(variant, 2).state_dict()
-    return [k for k in one if one[k].shape != two[k].shape]
-
-
 @torch.no_grad()
 def spread_scores(model: torch.nn.Module, x: torch.Tensor, count: int = 300, threshold: float | None = None,
                   headroom: float = 8.0) -> None:
@@ -51,7 +42,9 @@ def spread_scores(model: torch.nn.Module, x: torch.Tensor, count: int = 300, thr
     """
     threshold = model.family.default_confidence if threshold is None else threshold
     state = model.state_dict()
-    keys = class_prediction_keys(model.variant)
+    from builder.models.registry import class_count_axes
+
+    keys = list(class_count_axes(model.variant))
     logits = model.raw(x)[0].flatten(1)
     kth = float(logits.topk(count, dim=1).values[:, -1].min())  # every image gets at least `count`
     scale = headroom / (float(logits.max()) - kth)

@@ -44,22 +44,6 @@ def fold_preprocessing(model: Detector, prep: Preprocessing) -> CastAndCentre:
     return CastAndCentre(tuple(mean_rgb) if any(mean_rgb) else None)
 
 
-class Normalize(nn.Module):
-    """The unfolded preprocessing, as the family was trained: cast, channel order, mean/std."""
-
-    def __init__(self, prep: Preprocessing):
-        super().__init__()
-        self.bgr = prep.channel_order == "BGR"
-        self.register_buffer("mean", torch.tensor(prep.mean).reshape(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(prep.std).reshape(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32)
-        if self.bgr:
-            x = x.flip(1)
-        return (x - self.mean) / self.std
-
-
 class ExportPipeline(nn.Module):
     """images -> (boxes, scores).
 

@@ -72,17 +72,22 @@ def resolve_weights(variant: str, weights: str) -> pathlib.Path:
     return path
 
 
-def num_classes_in(variant: str, state: dict[str, Any]) -> int | None:
-    """The class count a state dict was trained with, read off the tensors whose shape depends on it."""
+def class_count_axes(variant: str) -> dict[str, int]:
+    """The state_dict keys whose shape depends on the class count (the class-prediction layers), each with
+    the axis that holds it. Read off two models built without weights."""
     import torch
 
     with torch.device("meta"):
         one, two = construct(variant, 1).state_dict(), construct(variant, 2).state_dict()
-    for key, tensor in one.items():
-        if key in state and tensor.shape != two[key].shape:
-            axis = next(i for i, (a, b) in enumerate(zip(tensor.shape, two[key].shape)) if a != b)
-            if axis < state[key].dim():
-                return int(state[key].shape[axis])
+    return {key: next(i for i, (a, b) in enumerate(zip(tensor.shape, two[key].shape)) if a != b)
+            for key, tensor in one.items() if tensor.shape != two[key].shape}
+
+
+def num_classes_in(variant: str, state: dict[str, Any]) -> int | None:
+    """The class count a state dict was trained with, read off the tensors whose shape depends on it."""
+    for key, axis in class_count_axes(variant).items():
+        if key in state and axis < state[key].dim():
+            return int(state[key].shape[axis])
     return None
 
 
