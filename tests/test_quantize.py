@@ -109,10 +109,12 @@ def test_int8_is_symmetric_qdq_on_the_network_only(exported):
         weight = producer[conv.input[1]]  # ...the others have per-channel int8 weights
         w = initializers[weight.input[0]]
         assert w.dtype == np.int8 and initializers[weight.input[1]].shape == (w.shape[0],)
-    for node in graph.node:  # TensorRT's explicit quantization: int8 with zero points of 0
+    for node in graph.node:  # symmetric: weights int8 with zero points of 0, activations uint8 around 128
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zero_point = initializers[node.input[2]]
-            assert zero_point.dtype == np.int8 and not zero_point.any()
+            weight = node.input[0] in initializers
+            assert zero_point.dtype == (np.int8 if weight else np.uint8)
+            assert (zero_point == (0 if weight else 128)).all()
     after = _downstream_ops(graph, [o for c in _last_convs(graph) for o in c.output])
     assert "NonMaxSuppression" in after and "TopK" in after and "Softmax" in after
     assert "QuantizeLinear" not in after and "DequantizeLinear" not in after
@@ -120,6 +122,27 @@ def test_int8_is_symmetric_qdq_on_the_network_only(exported):
     first_act = producer[convs[0].input[0]]
     assert producer[first_act.input[0]].op_type == "QuantizeLinear"
     assert producer[producer[first_act.input[0]].input[0]].op_type == "Cast"
+
+
+def test_int8_tensorrt_flavour_is_int8_with_zero_points_of_0_and_computes_the_same(exported):
+    """TensorRT takes zero points of 0 only; the flavours differ in the activations' encoding, not in value."""
+    for_trt, for_ort = (exported(precision="int8", calibration_count=8, engine=e) for e in ("tensorrt", "onnxruntime"))
+    graph = _graph(for_trt)
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [initializers[n.input[2]] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(zero_points) > 100 and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    images = _photos(HELD_OUT_PHOTOS)  # the candidates both flavours hand to their NMS, run on onnxruntime
+    for_trt, for_ort = (_pre_nms(onnx.load(r.output), images) for r in (for_trt, for_ort))
+    for a, b in zip(for_trt, for_ort):
+        np.testing.assert_array_equal(a, b)
+
+
+def _pre_nms(model, images):
+    from builder.exporting.graphs import TOP_K_OUTPUTS, keep_outputs
+
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in TOP_K_OUTPUTS)
+    model = keep_outputs(model, TOP_K_OUTPUTS)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": images})
 
 
 @pytest.mark.parametrize("fmt", ["batch", "flat"])

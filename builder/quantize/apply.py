@@ -23,7 +23,7 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
     """The traced analysis graph (top-k and raw outputs) in the spec's precision, and its accuracy report."""
     from builder.quantize.calibration import calibration_images, held_out_images
     from builder.quantize.fp16 import convert_fp16
-    from builder.quantize.int8 import quantize_int8
+    from builder.quantize.int8 import encode_activations_uint8, quantize_int8
     from builder.quantize.region import name_nodes, network_region
 
     name_nodes(graph)
@@ -35,6 +35,8 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
         calibration = calibration_images(size, prep, spec.calibration_count, spec.calibration_images, loader)
         quantized = quantize_int8(graph, region, calibration.batches, spec.calibration_method,
                                   KEEP_PREDICTION_CONVS_FLOAT)
+        if spec.engine == "onnxruntime":
+            encode_activations_uint8(quantized)
     builtin = calibration is not None and spec.calibration_images is None and loader is None
     held_out = held_out_images(size, prep, calibrated_on_builtin=builtin)
     report = accuracy_report(graph, quantized, held_out, spec, settings)

@@ -1,12 +1,11 @@
 """INT8: explicit, symmetric QDQ (per-channel weights, per-tensor activations), calibrated on images.
 
-Symmetric int8 with zero points of 0 is what TensorRT 10/11 accept for explicit quantization; ONNX
-Runtime runs the same file with its u8s8 kernels once it has turned each Q/DQ pair into uint8 (see
-`dedicate_qdq_pairs`).
+Symmetric int8 with zero points of 0 is what TensorRT 10/11 accept for explicit quantization. The
+ONNX Runtime flavour stores the same activations as uint8 with zero point 128 (`encode_activations_uint8`),
+the encoding of its fast u8s8 kernels.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import logging
@@ -82,7 +81,6 @@ def quantize_int8(model: onnx.ModelProto, region: Region, batches: list[np.ndarr
                             f"(are the weights random?)", hint="use --calibration-method minmax") from None
         finally:
             root.setLevel(level)
-    dedicate_qdq_pairs(quantized)
     return quantized
 
 
@@ -95,39 +93,37 @@ def calibration_stride(count: int, most: int = CALIBRATION_STRIDE) -> int:
     return max(d for d in range(1, min(count, most) + 1) if count % d == 0)
 
 
-def dedicate_qdq_pairs(model: onnx.ModelProto) -> None:
-    """Give every consumer of a shared DequantizeLinear its own QuantizeLinear/DequantizeLinear pair.
+def encode_activations_uint8(model: onnx.ModelProto) -> None:
+    """Store the activations' Q/DQ as uint8 with zero point 128: the same values, ONNX Runtime's encoding.
 
-    ONNX Runtime's x86 kernels are u8s8: it rewrites a symmetric int8 Q->DQ pair to uint8 (zero point 128)
-    only when the Q feeds exactly one DQ feeding one node, and its common-subexpression pass merges
-    identical pairs again. Each copy therefore gets its own scale tensor, one float ulp away from the
-    original (a relative change of 6e-8), which keeps them apart. Without this, convolutions that share an
-    input (CSP branches, skips) run in float and INT8 is no faster than FP32 on a CPU.
+    ONNX Runtime's x86 kernels are u8s8. It rewrites a symmetric int8 activation to uint8 itself, but only
+    where the QuantizeLinear feeds a single DequantizeLinear; every convolution whose output feeds more
+    than one node (SiLU's Sigmoid and Mul, CSP branches, skips) then ran in float, and PP-YOLOE's INT8 was
+    slower than FP32. uint8 = int8 + 128 with the same scales is exactly the arithmetic that rewrite does,
+    applied to every pair. TensorRT accepts zero points of 0 only, so its flavour keeps the int8 encoding.
+    Weights stay int8 (symmetric, per channel) in both.
     """
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = collections.defaultdict(list)
+    renamed: dict[str, str] = {}
+    changed: set[str] = set()
     for node in graph.node:
-        for index, name in enumerate(node.input):
-            consumers[name].append((node, index))
-    nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        nodes.append(node)
-        uses = consumers[node.output[0]] if node.op_type == "DequantizeLinear" else []
-        quantize = producer.get(node.input[0])
-        if len(uses) < 2 or quantize is None or quantize.op_type != "QuantizeLinear":
-            continue
-        scale = numpy_helper.to_array(initializers[node.input[1]])
-        for copy, (user, index) in enumerate(uses[1:], start=1):
-            scale = np.nextafter(scale, np.float32(np.inf)).astype(np.float32)
-            scale_name = f"{node.input[1]}/dedicated_{copy}"
-            graph.initializer.append(numpy_helper.from_array(scale, scale_name))
-            q_out, dq_out = f"{quantize.output[0]}/dedicated_{copy}", f"{node.output[0]}/dedicated_{copy}"
-            nodes.append(onnx.helper.make_node("QuantizeLinear", [quantize.input[0], scale_name, *quantize.input[2:]],
-                                               [q_out], name=f"{quantize.name}/dedicated_{copy}"))
-            nodes.append(onnx.helper.make_node("DequantizeLinear", [q_out, scale_name, *node.input[2:]],
-                                               [dq_out], name=f"{node.name}/dedicated_{copy}"))
-            user.input[index] = dq_out
-    del graph.node[:]
-    graph.node.extend(nodes)
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.input[0] in initializers:
+            continue  # a weight's DequantizeLinear reads an initializer: weights stay int8
+        zero_point = numpy_helper.to_array(initializers[node.input[2]])
+        if zero_point.dtype != np.int8 or zero_point.any():
+            raise RuntimeError(f"{node.name}: expected a symmetric int8 zero point, found {zero_point.dtype}")
+        if node.input[2] not in renamed:
+            renamed[node.input[2]] = f"{node.input[2]}/uint8"
+            graph.initializer.append(numpy_helper.from_array(np.full(zero_point.shape, 128, np.uint8),
+                                                             renamed[node.input[2]]))
+        node.input[2] = renamed[node.input[2]]
+        if node.op_type == "QuantizeLinear":
+            changed.add(node.output[0])
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for value in graph.value_info:
+        if value.name in changed:
+            value.type.tensor_type.elem_type = onnx.TensorProto.UINT8
