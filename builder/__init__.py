@@ -10,7 +10,6 @@ from builder import models  # noqa: E402  (light: imports torch only when a mode
 from builder.errors import BuilderError, UserError  # noqa: E402
 
 
-
 def export(model_or_name, output, **options):
     """Export a model (or a variant name) to ONNX; see `builder.exporting.export`. Returns an ExportResult."""
     from builder.exporting import export as _export
@@ -18,4 +17,11 @@ def export(model_or_name, output, **options):
     return _export(model_or_name, output, **options)
 
 
-__all__ = ["models", "export", "BuilderError", "UserError", "__version__"]
+def bundle(output=None, **options):
+    """Build a Triton or standalone bundle; see `builder.bundling.build.bundle`. Returns a BundleResult."""
+    from builder.bundling.build import bundle as _bundle
+
+    return _bundle(output, **options)
+
+
+__all__ = ["models", "export", "bundle", "BuilderError", "UserError", "__version__"]

@@ -100,14 +100,34 @@ EXPORT_FLAGS = (
 )
 
 
-def spec_options(command):
-    """Attach one click option per EXPORT_FLAGS entry, described by the spec field it fills."""
+# CLI flag -> BundleSpec / TritonOptions field, for `builder bundle` (on top of EXPORT_FLAGS)
+BUNDLE_FLAGS = (
+    ("--target", "target", "choice"),
+    ("--name", "name", str),
+    ("--version", "version", int),
+    ("--labels", "labels", "file"),
+    ("--templates", "templates", "folder"),
+)
+TRITON_FLAGS = (
+    ("--max-batch-size", "max_batch_size", int),
+    ("--preferred-batch-sizes", "preferred_batch_sizes", "sizes"),
+    ("--max-queue-delay-us", "max_queue_delay_us", int),
+    ("--device", "device", "choice"),
+    ("--instances", "instances", int),
+    ("--tensorrt-accelerator", "tensorrt_accelerator", "flag"),
+    ("--no-warmup", "warmup", "negated"),
+)
+
+
+def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
+    """Attach one click option per flags entry, described by the spec field (of `model`) it fills."""
     import typing
 
     from builder.spec import ExportSpec
 
-    for flag, name, kind in reversed(EXPORT_FLAGS):
-        field = ExportSpec.model_fields[name]
+    model = model or ExportSpec
+    for flag, name, kind in reversed(flags):
+        field = model.model_fields[name]
         default = "" if field.is_required() or field.default is None else f" [default: {field.default}]"
         if kind == "negated":
             help_text = f"Leave out: {field.description[0].lower()}{field.description[1:]}"
@@ -120,19 +140,21 @@ def spec_options(command):
                                   help=help_text)
         elif kind == "shape":
             option = click.option(flag, name, metavar="HxW", default=None, help=help_text)
-        elif kind == "folder":
-            option = click.option(flag, name, metavar="DIR", default=None, help=help_text)
+        elif kind in ("folder", "file", "sizes"):
+            metavar = {"folder": "DIR", "file": "FILE", "sizes": "N,N,..."}[kind]
+            option = click.option(flag, name, metavar=metavar, default=None, help=help_text)
         else:
-            option = click.option(flag, name, type=kind, required=field.is_required(), default=None, help=help_text)
+            option = click.option(flag, name, type=kind, required=required and field.is_required(), default=None,
+                                  help=help_text)
         command = option(command)
     return command
 
 
 def spec_values(given: dict) -> dict:
     """The options the user gave, as ExportSpec values."""
-    from builder.spec import parse_shape
+    from builder.spec import parse_shape, parse_sizes
 
-    kinds = {name: kind for _, name, kind in EXPORT_FLAGS}
+    kinds = {name: kind for _, name, kind in EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS}
     values = {}
     for name, value in given.items():
         if value is None or name not in kinds:
@@ -141,6 +163,8 @@ def spec_values(given: dict) -> dict:
             value = not value
         elif kinds[name] == "shape":
             value = parse_shape(value)
+        elif kinds[name] == "sizes":
+            value = parse_sizes(value)
         values[name] = value
     return values
 
@@ -154,6 +178,35 @@ def export_command(output: str, **given) -> None:
 
     values = spec_values(given)
     result = export(values.pop("model"), output, **values)
+    click.echo(result.usage)
+
+
+def _bundle_options(command):
+    from builder.bundling.spec import BundleSpec, TritonOptions
+
+    command = spec_options(command, TRITON_FLAGS, TritonOptions)
+    command = spec_options(command, EXPORT_FLAGS, required=False)
+    return spec_options(command, BUNDLE_FLAGS, BundleSpec, required=False)
+
+
+@cli.command("bundle")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Bundle folder to create. [default: bundles/NAME]")
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), default=None,
+              help="build.yaml with the options (the flags given here override it); a bundle's own rebuilds it.")
+@click.option("--archive", is_flag=True, help="Also write OUTPUT.tar.gz (deterministic: same bundle, same bytes).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder (and archive).")
+@_bundle_options
+def bundle_command(output: str | None, spec_file: str | None, archive: bool, force: bool, **given) -> None:
+    """Export a model and render a Triton model repository or a standalone package around it."""
+    from builder.bundling.build import bundle
+
+    values = spec_values(given)
+    if spec_file is None and "target" not in values:
+        raise UserError("missing --target (triton or standalone), or a --spec build.yaml that names it")
+    if spec_file is None and "model" not in values:
+        raise UserError("missing --model (see 'builder models'), or a --spec build.yaml that names it")
+    result = bundle(output, spec_file=spec_file, force=force, archive=archive, **values)
     click.echo(result.usage)
 
 

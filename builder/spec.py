@@ -86,3 +86,11 @@ def parse_shape(text: str) -> tuple[int, int]:
     if len(values) != 2:
         raise UserError(f"invalid input shape '{text}': expected HxW, e.g. 640x640")
     return values[0], values[1]
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'4,8' -> (4, 8)."""
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError(f"invalid batch sizes '{text}': expected numbers separated by commas, e.g. 4,8") from None

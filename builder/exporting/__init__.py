@@ -61,7 +61,9 @@ def export(model_or_name: Any, output: str | pathlib.Path, **options: Any):
                         custom_post if isinstance(custom_post, torch.nn.Module) else None, loader)
 
 
-def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None, custom_post=None, loader=None):
+def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None, custom_post=None, loader=None,
+                 report_file: bool = True):
+    """`export()` on a built model; `report_file=False` keeps a quantized export's report off the disk."""
     import torch
 
     from builder.exporting.graphs import finalize, trace_pipeline
@@ -89,7 +91,7 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
         graph, report = quantize_graph(graph, spec, prep, (height, width), settings, loader)
     graph = finalize(graph, spec, model, settings)
     save_atomically(graph, output)
-    if report is not None:
+    if report is not None and report_file:
         from builder.quantize.apply import save_report
 
         save_report(report, output)

@@ -62,17 +62,10 @@ def check_destination(destination: pathlib.Path) -> pathlib.Path:
 
 def save_atomically(model: onnx.ModelProto, destination: pathlib.Path) -> None:
     """Write next to the destination, then rename: readers see the old file or the whole new one."""
-    destination = check_destination(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from builder.files import atomic_file
+
+    with atomic_file(check_destination(destination)) as f:
+        f.write(model.SerializeToString())
 
 
 def tensor_signature(values) -> list[dict]:

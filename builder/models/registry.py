@@ -33,6 +33,9 @@ def family_of(variant: str) -> Family:
     return known[variant]
 
 
+RANDOM_WEIGHTS_SEED = 0
+
+
 def construct(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> Detector:
     """The variant with fresh (random) weights, in training form."""
     family = family_of(variant)
@@ -104,8 +107,13 @@ def build(variant: str, num_classes: int | None = None, checkpoint_path: str | N
         raise UserError("give either checkpoint_path or pretrained_weights, not both")
     weights = checkpoint_path or pretrained_weights
     if weights is None:
-        model = construct(variant, num_classes or DEFAULT_NUM_CLASSES)
-        warn(f"no weights given: {variant} is randomly initialised; its output is for pipeline testing only")
+        import torch
+
+        with torch.random.fork_rng():  # seeded: the same build twice gives the same bytes
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = construct(variant, num_classes or DEFAULT_NUM_CLASSES)
+        warn(f"no weights given: {variant} is randomly initialised (seed {RANDOM_WEIGHTS_SEED}); its output is "
+             f"for pipeline testing only")
         return model.eval()
 
     path = resolve_weights(variant, str(weights))
@@ -121,5 +129,9 @@ def build(variant: str, num_classes: int | None = None, checkpoint_path: str | N
                         hint=hint)
     model.load_state_dict(state, strict=True)
     names = checkpoint_class_names(checkpoint)
+    if not names and str(weights) == "coco":
+        from builder.models.coco import COCO_CLASS_NAMES
+
+        names = list(COCO_CLASS_NAMES)
     model.class_names = names if names and len(names) == model.num_classes else None
     return model.eval()

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 import onnx
 
+from builder.files import atomic_file
 from builder.models.base import Preprocessing
 from builder.spec import ExportSpec
 
@@ -98,10 +97,6 @@ def save_report(report: dict, model_path: pathlib.Path) -> pathlib.Path:
     """`<model>.accuracy.json` next to the model, written atomically."""
     path = model_path.resolve().with_suffix(".accuracy.json")
     report["path"] = str(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
     return path

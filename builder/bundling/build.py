@@ -1,0 +1,228 @@
+"""`builder bundle`: spec -> export -> rendered files -> checks -> manifest -> atomic move into place."""
+from __future__ import annotations
+
+import json
+import pathlib
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from builder.bundling.spec import BundleSpec, TritonOptions, merge, read_spec_file
+from builder.errors import UserError, did_you_mean
+from builder.log import notice, warn
+from builder.spec import ExportSpec
+
+DEFAULT_OUTPUT_ROOT = "bundles"
+MAX_LABEL_LENGTH = 200
+REQUEST_BATCH_UNBATCHED = 8  # images per request when the model takes any batch but Triton does not batch
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    destination: pathlib.Path
+    spec: BundleSpec
+    manifest: dict
+    archive: Optional[pathlib.Path]
+    usage: str
+
+    def __str__(self) -> str:
+        return self.usage
+
+    __repr__ = __str__
+
+
+def resolve_spec(spec_file: str | pathlib.Path | None = None, **options: Any) -> BundleSpec:
+    """A BundleSpec from a build.yaml (optional) with `options` on top; flat options are routed by name."""
+    base = read_spec_file(spec_file) if spec_file is not None else {}
+    return BundleSpec.create(merge(base, route_options(options)))
+
+
+def route_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Flat keyword options (as the CLI and `builder.bundle()` take them) -> the nested spec layout."""
+    top = set(BundleSpec.model_fields) - {"export", "triton"}
+    routed: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in ("export", "triton") and isinstance(value, dict):
+            routed[key] = {**routed.get(key, {}), **value}
+        elif key in top:
+            routed[key] = value
+        elif key in ExportSpec.model_fields:
+            routed.setdefault("export", {})[key] = value
+        elif key in TritonOptions.model_fields:
+            routed.setdefault("triton", {})[key] = value
+        else:
+            known = sorted(top | set(ExportSpec.model_fields) | set(TritonOptions.model_fields))
+            raise UserError(f"unknown option '{key}'", hint=did_you_mean(key, known))
+    return routed
+
+
+def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Path | None = None,
+           force: bool = False, archive: bool = False, **options: Any) -> BundleResult:
+    """Build a bundle (the Python side of `builder bundle`); options are the spec's fields, flat or nested."""
+    from builder.files import check_folder_destination
+
+    spec = resolve_spec(spec_file, **options)
+    destination = pathlib.Path(output) if output is not None else pathlib.Path(DEFAULT_OUTPUT_ROOT) / spec.model_name
+    check_folder_destination(destination, force)
+    archive_path = destination.with_name(destination.name + ".tar.gz") if archive else None
+    if archive_path is not None and archive_path.exists() and not force:
+        raise UserError(f"'{archive_path}' already exists", hint="pass --force to replace it")
+    return build_bundle(spec, destination, force, archive_path)
+
+
+def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
+                 archive_path: Optional[pathlib.Path]) -> BundleResult:
+    from builder.bundling import standalone, triton
+    from builder.bundling.archive import write_archive
+    from builder.bundling.manifest import write_manifest
+    from builder.bundling.render import Renderer
+    from builder.files import staged_folder
+
+    target = {"triton": triton.TritonTarget, "standalone": standalone.StandaloneTarget}[spec.target](spec)
+    renderer = Renderer(spec.templates)  # a bad override folder fails before the (slow) export
+    model = load_model(spec)
+    class_names = resolve_class_names(spec, model)
+    with staged_folder(destination, force) as staging:
+        model_path = staging / target.model_file
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        notice(f"exporting {spec.export.model} ({spec.export.precision}) ...")
+        from builder.exporting import export_model
+
+        result = export_model(model, model_path, spec.export, report_file=False)
+        smoke_run(model_path, result)
+        context = template_context(spec, result, class_names, target.model_file)
+        target.render(renderer, context, staging)
+        _write(staging / "build.yaml", spec.to_yaml())
+        if result.accuracy_report is not None:
+            report = {k: v for k, v in result.accuracy_report.items() if k != "path"}
+            _write(staging / "accuracy.json", json.dumps(report, indent=2) + "\n")
+        manifest = write_manifest(staging, manifest_description(spec, result, class_names, context["versions"]))
+        if archive_path is not None:  # its top folder is named like the destination, not the staging folder
+            write_archive(staging, archive_path, root=destination.name)
+    notice(f"bundle written to {destination}" + (f" (archive {archive_path})" if archive_path else ""))
+    return BundleResult(destination.resolve(), spec, manifest, archive_path, target.usage(destination))
+
+
+def load_model(spec: BundleSpec):
+    from builder.models.registry import build
+
+    return build(spec.export.model, num_classes=spec.export.num_classes, checkpoint_path=spec.export.weights)
+
+
+def resolve_class_names(spec: BundleSpec, model) -> list[str]:
+    """--labels, else the checkpoint's names, else COCO's for 80 classes, else class_<i> (with a warning)."""
+    from builder.models.coco import COCO_CLASS_NAMES
+
+    if spec.labels is not None:
+        try:
+            text = pathlib.Path(spec.labels).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read labels file '{spec.labels}': {e}") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        source = f"labels file '{spec.labels}'"
+    elif model.class_names:
+        names, source = list(model.class_names), "the checkpoint"
+    elif model.num_classes == len(COCO_CLASS_NAMES):
+        names, source = list(COCO_CLASS_NAMES), "COCO"
+        if spec.export.weights not in (None, "coco"):
+            warn("the checkpoint has no class names: using COCO's 80 (give --labels FILE if they are not)")
+    else:
+        names, source = [f"class_{i}" for i in range(model.num_classes)], "class_<index>"
+        warn(f"the checkpoint has no class names: labelling them class_0..class_{model.num_classes - 1} "
+             f"(give --labels FILE)")
+    if len(names) != model.num_classes:
+        raise UserError(f"{source} has {len(names)} class names; the model has {model.num_classes} classes")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name or len(name) > MAX_LABEL_LENGTH:
+            raise UserError(f"class name {i} from {source} must be text of 1-{MAX_LABEL_LENGTH} characters")
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+            raise UserError(f"class name {i} from {source} ({name!r}) holds control characters")
+    return names
+
+
+def smoke_run(model_path: pathlib.Path, result) -> None:
+    """The model loads in ONNX Runtime and runs on a real photo: a bundle that cannot run is not written."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from builder.models.registry import family_of
+    from builder.quantize.calibration import HELD_OUT_PHOTOS, builtin_photos, fitted
+
+    height, width = result.input_shape[2:]
+    [image] = fitted(builtin_photos(HELD_OUT_PHOTOS[:1]), (height, width), family_of(result.model).preprocessing)
+    batch = result.input_shape[0] if isinstance(result.input_shape[0], int) else 1
+    images = np.repeat(image, batch, axis=0)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {result.input_name: images})
+
+
+def template_context(spec: BundleSpec, result, class_names: list[str], model_file: str) -> dict:
+    from builder import __version__
+    from builder.bundling.manifest import toolchain_versions
+    from builder.models.registry import family_of
+
+    prep = family_of(result.model).preprocessing
+    height, width = result.input_shape[2:]
+    fixed_batch = result.batch_size
+    if spec.target == "triton" and spec.max_batch_size > 0:
+        request_batch = spec.max_batch_size
+    else:
+        request_batch = fixed_batch or REQUEST_BATCH_UNBATCHED
+    return {
+        "name": spec.model_name, "model": result.model, "version": spec.version, "target": spec.target,
+        "precision": result.precision, "builder_version": __version__,
+        "output_format": result.output_predictions_format,
+        "input": result.inputs[0], "input_height": height, "input_width": width,
+        "outputs": result.outputs, "output_names": result.output_names,
+        "batch_size": fixed_batch, "request_batch": request_batch, "max_batch_size": spec.max_batch_size,
+        "class_names": class_names, "preprocessing": dict(prep.__dict__), "resize": result.resize,
+        "nms": nms_settings(result), "model_file": model_file, "versions": toolchain_versions(),
+    }
+
+
+def nms_settings(result) -> dict:
+    return {"confidence_threshold": result.confidence_threshold, "iou_threshold": result.nms_threshold,
+            "pre_nms_top_k": result.num_pre_nms_predictions, "max_detections": result.max_predictions_per_image,
+            "class_aware": True, "output_format": result.output_predictions_format}
+
+
+def manifest_description(spec: BundleSpec, result, class_names: list[str], versions: dict) -> dict:
+    from builder.models.registry import family_of
+
+    family = family_of(result.model)
+    description = {
+        "name": spec.model_name, "version": spec.version, "target": spec.target,
+        "model": {"variant": result.model, "family": family.name, "num_classes": len(class_names),
+                  "weights": weights_record(result.model, spec.export.weights)},
+        "precision": result.precision,
+        "engine": result.engine,
+        "signature": {"inputs": result.inputs, "outputs": result.outputs},
+        "preprocessing": {**family.preprocessing.__dict__, "in_graph": result.preprocessing_steps,
+                          "resize": result.resize},
+        "postprocessing": nms_settings(result),
+        "class_names": class_names,
+        "versions": versions,
+    }
+    if result.accuracy_report is not None:
+        description["accuracy"] = {"report": "accuracy.json", "recall": result.accuracy_report["detections"]["recall"],
+                                   "meets_target": result.accuracy_report["meets_target"]}
+    return description
+
+
+def weights_record(variant: str, weights: Optional[str]) -> dict:
+    """Where the weights came from and their sha256: the bundle names exactly what it was built from."""
+    if weights is None:
+        from builder.models.registry import RANDOM_WEIGHTS_SEED
+
+        return {"source": "random", "seed": RANDOM_WEIGHTS_SEED}
+    from builder.models.download import sha256_of
+    from builder.models.registry import resolve_weights
+
+    return {"source": weights, "sha256": sha256_of(resolve_weights(variant, weights))}
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,108 @@
+"""Jinja rendering of bundle files: the shipped templates, overridable one file at a time by relative path.
+
+One sandboxed environment per build with StrictUndefined: a template can read the context and nothing
+else, and a misspelt variable is an error, not an empty string. Values reach generated code and config
+only through the escaping filters (`py`, `pbtxt`, `json`), never as raw text.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+from builder.errors import UserError, did_you_mean
+
+SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_SUFFIX = ".j2"
+
+
+def shipped_templates() -> list[str]:
+    return sorted(p.relative_to(SHIPPED).as_posix() for p in SHIPPED.rglob(f"*{TEMPLATE_SUFFIX}"))
+
+
+class Renderer:
+    """Renders templates by relative path; a file in `overrides` replaces the shipped one of that path."""
+
+    def __init__(self, overrides: str | pathlib.Path | None = None):
+        import jinja2
+        from jinja2.sandbox import SandboxedEnvironment
+
+        search = [str(SHIPPED)]
+        self.overridden: list[str] = []
+        if overrides is not None:
+            folder = pathlib.Path(overrides)
+            if not folder.is_dir():
+                raise UserError(f"templates folder '{folder}' does not exist")
+            known = shipped_templates()
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                name = path.relative_to(folder).as_posix()
+                if name not in known:
+                    raise UserError(f"template override '{name}' in '{folder}' matches no shipped template",
+                                    hint=did_you_mean(name, known) or f"shipped: {', '.join(known)}")
+                self.overridden.append(name)
+            search.insert(0, str(folder))
+        self.env = SandboxedEnvironment(loader=jinja2.FileSystemLoader(search), undefined=jinja2.StrictUndefined,
+                                        autoescape=False, keep_trailing_newline=True, trim_blocks=True,
+                                        lstrip_blocks=True)
+        self.env.filters.update(py=python_literal, pbtxt=pbtxt_string, json=json_text)
+
+    def render(self, template: str, context: dict) -> str:
+        import jinja2
+
+        origin = "override" if template in self.overridden else "shipped template"
+        try:
+            return self.env.get_template(template).render(**context)
+        except jinja2.TemplateSyntaxError as e:
+            raise UserError(f"{origin} '{e.name or template}' line {e.lineno}: {e.message}") from None
+        except jinja2.TemplateNotFound as e:
+            raise UserError(f"{origin} '{template}' includes '{e.name}', which does not exist") from None
+        except (jinja2.UndefinedError, jinja2.exceptions.SecurityError, TypeError, ValueError) as e:
+            raise UserError(f"{origin} '{template}' failed to render: {e}") from None
+
+
+def _defined(value):
+    """StrictUndefined fails when printed, not when passed to a filter: make a filter fail the same way."""
+    import jinja2
+
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # raises UndefinedError naming the variable
+    return value
+
+
+def python_literal(value) -> str:
+    """A Python literal for str/int/float/bool/None and lists/tuples/dicts of them: safe inside generated code."""
+    value = _defined(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write {value} into generated code")
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(python_literal(v) for v in value)
+        return f"[{items}]" if isinstance(value, list) else f"({items}{',' if len(value) == 1 else ''})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{python_literal(k)}: {python_literal(v)}" for k, v in value.items()) + "}"
+    raise ValueError(f"cannot write a {type(value).__name__} into generated code")
+
+
+def pbtxt_string(value) -> str:
+    """A double-quoted protobuf text-format string (C escapes, UTF-8 kept), for any string or JSON-able value."""
+    value = _defined(value)
+    text = value if isinstance(value, str) else json_text(value)
+    escaped = []
+    for ch in text:
+        if ch in '"\\':
+            escaped.append("\\" + ch)
+        elif ch == "\n":
+            escaped.append("\\n")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            escaped.append(f"\\{ord(ch):03o}")
+        else:
+            escaped.append(ch)
+    return '"' + "".join(escaped) + '"'
+
+
+def json_text(value) -> str:
+    value = _defined(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
