@@ -318,3 +318,15 @@ def test_rendering_is_separate_from_the_atomic_move(tmp_path):
             (staging / "half.txt").write_text("x")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_quantized_bundle_carries_its_accuracy_report(tmp_path):
+    result = builder.bundle(tmp_path / "half", target="standalone", model="yolo_nas_s", precision="fp16",
+                            input_image_shape=(96, 96))
+    manifest = json.loads((result.destination / "manifest.json").read_text())
+    report = json.loads((result.destination / "accuracy.json").read_text())
+    assert manifest["precision"] == report["precision"] == "fp16" and "path" not in report
+    assert manifest["accuracy"] == {"report": "accuracy.json", "recall": report["detections"]["recall"],
+                                    "meets_target": report["meets_target"]}
+    assert "accuracy.json" in {f["path"] for f in manifest["files"]}
+    assert not list(result.destination.glob("*.accuracy.json"))
