@@ -210,6 +210,33 @@ def bundle_command(output: str | None, spec_file: str | None, archive: bool, for
     click.echo(result.usage)
 
 
+@cli.command("push")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("reference")
+@click.option("--insecure", is_flag=True, help="Plain HTTP (a registry without TLS).")
+def push_command(bundle: str, reference: str, insecure: bool) -> None:
+    """Push a bundle folder to an OCI registry as REGISTRY/REPOSITORY:TAG.
+
+    Credentials come from BUILDER_REGISTRY_USERNAME / BUILDER_REGISTRY_PASSWORD or the docker config
+    (docker login), never from the command line.
+    """
+    from builder.oci.transfer import push
+
+    click.echo(str(push(bundle, reference, insecure)))
+
+
+@cli.command("pull")
+@click.argument("reference")
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--insecure", is_flag=True, help="Plain HTTP (a registry without TLS).")
+@click.option("--force", is_flag=True, help="Replace an existing destination folder.")
+def pull_command(reference: str, destination: str, insecure: bool, force: bool) -> None:
+    """Pull a bundle (REGISTRY/REPOSITORY:TAG or @sha256:DIGEST) into DESTINATION, every file checked."""
+    from builder.oci.transfer import pull
+
+    click.echo(str(pull(reference, destination, insecure, force)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the command and maps its failure to an exit code and one line on stderr."""
     try:

@@ -34,3 +34,49 @@ def write_archive(folder: pathlib.Path, destination: pathlib.Path, root: str | N
         with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
             gz.write(buffer.getvalue())
     return destination
+
+
+def extract_archive(archive: pathlib.Path, destination: pathlib.Path, max_bytes: int) -> str:
+    """Extract a bundle archive into the empty folder `destination`; returns the archive's top folder name.
+
+    Only regular files and folders under one top folder are accepted: an absolute path, a '..', a link,
+    a device or a second top folder refuses the whole archive, before anything is written outside.
+    """
+    from builder.errors import UserError
+
+    destination = pathlib.Path(destination).resolve()
+    written = 0
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            members = tar.getmembers()
+            roots = {m.name.split("/", 1)[0] for m in members}
+            if len(roots) != 1:
+                raise UserError(f"archive has {len(roots)} top folders; a bundle archive has one")
+            [root] = roots
+            for member in members:
+                name = member.name
+                parts = name.split("/")
+                if name.startswith("/") or "\\" in name or any(p in ("..", "") for p in parts) or root in ("..", "."):
+                    raise UserError(f"archive entry '{name}' escapes the bundle folder")
+                if not (member.isfile() or member.isdir()):
+                    raise UserError(f"archive entry '{name}' is a link or a device; bundles hold files and folders only")
+                target = (destination / pathlib.PurePosixPath(*parts[1:])).resolve() if len(parts) > 1 else destination
+                if target != destination and destination not in target.parents:
+                    raise UserError(f"archive entry '{name}' escapes the bundle folder")
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                written += member.size
+                if written > max_bytes:
+                    raise UserError(f"archive unpacks to more than {max_bytes:,} bytes")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                with open(target, "xb") as out:
+                    while block := source.read(1 << 20):
+                        out.write(block)
+                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+        if isinstance(e, FileExistsError):
+            raise UserError(f"archive holds '{e.filename}' twice") from None
+        raise UserError(f"archive is not a valid .tar.gz: {e}") from None
+    return root
