@@ -237,13 +237,56 @@ def pull_command(reference: str, destination: str, insecure: bool, force: bool) 
     click.echo(str(pull(reference, destination, insecure, force)))
 
 
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--images", metavar="DIR", help="Folder of images. [default: builder's 7 built-in photos]")
+@click.option("--count", type=click.IntRange(1), default=32, show_default=True, help="Most images to use from --images.")
+@click.option("--weights", help="The weights the bundle was built from, where build.yaml's path does not hold here.")
+@click.option("--url", help="Verify through the bundle's client against a running Triton server (host:port).")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--report", metavar="FILE", help="Write reference and bundle detections side by side: .html or .png.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
+def verify_command(bundle, images, count, weights, url, protocol, report, as_json) -> None:
+    """Run the bundle on real images and compare it with the PyTorch model it was built from.
+
+    Exit code 3 when it misses its precision's thresholds (recall, precision, box and score deviation).
+    """
+    from builder.errors import GateFailed
+    from builder.verification.verify import verify, write_report
+
+    result = verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())
+    if report:
+        click.echo(f"report: {write_report(result, report)}", err=True)
+    if not result.passed:
+        raise GateFailed(f"verification failed: {'; '.join(result.failures)}")
+
+
+@cli.command("bench")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--batch-sizes", default="1,2,4,8", show_default=True, metavar="N,N,...", help="Batch sizes to time.")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads. [default: ONNX Runtime's]")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per batch size.")
+@click.option("--url", help="Time the model through a running Triton server (host:port) instead.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True, help="Concurrent clients (with --url).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
+def bench_command(bundle, batch_sizes, threads, duration, url, protocol, concurrency, as_json) -> None:
+    """Latency p50/p90/p99 and throughput of a bundle's model per batch size."""
+    from builder.spec import parse_sizes
+    from builder.verification.bench import bench
+
+    result = bench(bundle, parse_sizes(batch_sizes), threads, duration, url, protocol, concurrency)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the command and maps its failure to an exit code and one line on stderr."""
     try:
         cli.main(args=argv, prog_name="builder", standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e.one_line()}", err=True)
-        return EXIT_USER_ERROR
+        return getattr(e, "exit_code", EXIT_USER_ERROR)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.Abort:

@@ -7,6 +7,7 @@ from typing import Iterable
 #: exit codes, mapped in exactly one place (builder.cli.main)
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+EXIT_GATE_FAILED = 3  # a check ran and the artifact failed it (builder verify)
 
 
 class BuilderError(Exception):
@@ -23,6 +24,12 @@ class UserError(BuilderError):
     def one_line(self) -> str:
         text = " ".join(str(self).split())
         return f"{text} ({self.hint})" if self.hint else text
+
+
+class GateFailed(UserError):
+    """A release gate ran and the artifact failed it: one line, its own exit code."""
+
+    exit_code = EXIT_GATE_FAILED
 
 
 class MissingExtraError(UserError):

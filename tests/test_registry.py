@@ -234,3 +234,29 @@ def test_push_needs_a_tag():
     with pytest.raises(UserError, match="needs a tag"):
         parse_reference("r.io:5000/models/det", need_tag=True)
     assert parse_reference("oci://localhost:5000/a/b").tag == "latest"
+
+
+def test_build_push_pull_verify_bench(registry, tmp_path):
+    """The release path of a bundle on a clean machine, through the CLI as pipelines run it."""
+    import os
+
+    from bundle_helpers import lively_weights
+
+    weights = lively_weights(tmp_path / "weights.pth")
+    env = dict(os.environ)
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    cli("bundle", "--target", "triton", "--model", "yolo_nas_s", "--weights", str(weights), "--input-shape", "320",
+        "--dynamic-batch", "--output", str(tmp_path / "built"))
+    reference = f"{registry}/release/det:2.0"
+    digest = cli("push", str(tmp_path / "built"), reference, "--insecure").strip().split("@")[1]
+    cli("pull", f"{registry}/release/det@{digest}", str(tmp_path / "deployed"), "--insecure")
+    verified = json.loads(cli("verify", str(tmp_path / "deployed"), "--json"))
+    assert verified["passed"] and verified["overall"]["recall"] == 1.0
+    timed = json.loads(cli("bench", str(tmp_path / "deployed"), "--batch-sizes", "1,2", "--duration", "0.3", "--json"))
+    assert [r["batch_size"] for r in timed["results"]] == [1, 2]

@@ -117,3 +117,19 @@ def test_server_loaded_the_generated_config_unchanged_but_for_the_backend(served
     with urllib.request.urlopen(f"http://{url}/v2/models/flat/config", timeout=10) as r:
         flat = json.loads(r.read())
     assert flat["max_batch_size"] == 0 and [o["dims"] for o in flat["output"]] == [[-1, 7]]
+
+
+def test_verify_through_the_client_against_the_server(served):
+    from builder.verification.verify import verify
+
+    result = verify(served["batched"].destination, url=served["urls"][1], protocol="grpc")
+    assert result.passed and result.runtime.startswith("Triton") and result.totals["recall"] == 1.0
+
+
+def test_bench_through_triton_with_concurrent_clients(served):
+    from builder.verification.bench import bench
+
+    result = bench(served["batched"].destination, (1, 16), duration=0.5, url=served["urls"][0], concurrency=2)
+    assert result.skipped == ["batch 16: Triton's max_batch_size is 8"]
+    [row] = result.as_dict()["results"]
+    assert row["concurrency"] == 2 and row["errors"] == 0 and row["requests"] >= 2

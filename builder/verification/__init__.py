@@ -1,0 +1,1 @@
+"""Bundles checked against the PyTorch model they were built from, and timed."""
