@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import click
@@ -16,14 +15,9 @@ from builder.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 def cli(quiet: bool) -> None:
     """Turn trained YOLO-NAS / PP-YOLOE detectors into deployable bundles."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    log = logging.getLogger("builder")
-    log.handlers[:] = [handler]
-    log.setLevel(logging.ERROR if quiet else logging.INFO)
-    log.propagate = False
-    logging.addLevelName(logging.INFO, "note")
-    logging.addLevelName(logging.WARNING, "warning")
+    from builder.log import configure
+
+    configure(quiet)
 
 
 @cli.command("models")
@@ -169,15 +163,35 @@ def spec_values(given: dict) -> dict:
     return values
 
 
+def _runner_options(command):
+    for option in reversed([
+        click.option("--runner", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True,
+                     help="Where the export stage runs: auto is docker when an engine answers and the image is "
+                          "there, else here."),
+        click.option("--image", default=None, help="Builder image for the docker runner. [default: "
+                                                   "model-bundle-builder:VERSION]"),
+        click.option("--gpus", is_flag=True, help="Give the container the GPUs (docker runner)."),
+        click.option("--pull", is_flag=True, help="Pull the image when it is not on the engine (never otherwise)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @cli.command("export")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
+@_runner_options
 @spec_options
-def export_command(output: str, **given) -> None:
+def export_command(output: str, runner: str, image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model to ONNX with preprocessing, decoding and NMS in the graph."""
     from builder.exporting import export
+    from builder.runners import export_with_runner, select_runner
 
     values = spec_values(given)
-    result = export(values.pop("model"), output, **values)
+    chosen = select_runner(runner, image, gpus, pull)
+    if chosen.name == "local":
+        result = export(values.pop("model"), output, **values)
+    else:
+        result = export_with_runner(chosen, output, **values)
     click.echo(result.usage)
 
 
@@ -196,8 +210,10 @@ def _bundle_options(command):
               help="build.yaml with the options (the flags given here override it); a bundle's own rebuilds it.")
 @click.option("--archive", is_flag=True, help="Also write OUTPUT.tar.gz (deterministic: same bundle, same bytes).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder (and archive).")
+@_runner_options
 @_bundle_options
-def bundle_command(output: str | None, spec_file: str | None, archive: bool, force: bool, **given) -> None:
+def bundle_command(output: str | None, spec_file: str | None, archive: bool, force: bool, runner: str,
+                   image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model and render a Triton model repository or a standalone package around it."""
     from builder.bundling.build import bundle
 
@@ -206,7 +222,8 @@ def bundle_command(output: str | None, spec_file: str | None, archive: bool, for
         raise UserError("missing --target (triton or standalone), or a --spec build.yaml that names it")
     if spec_file is None and "model" not in values:
         raise UserError("missing --model (see 'builder models'), or a --spec build.yaml that names it")
-    result = bundle(output, spec_file=spec_file, force=force, archive=archive, **values)
+    result = bundle(output, spec_file=spec_file, force=force, archive=archive, runner=runner, image=image, gpus=gpus,
+                    pull=pull, **values)
     click.echo(result.usage)
 
 

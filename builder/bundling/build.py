@@ -57,9 +57,14 @@ def route_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Path | None = None,
-           force: bool = False, archive: bool = False, **options: Any) -> BundleResult:
-    """Build a bundle (the Python side of `builder bundle`); options are the spec's fields, flat or nested."""
+           force: bool = False, archive: bool = False, runner: str = "auto", image: Optional[str] = None,
+           gpus: bool = False, pull: bool = False, **options: Any) -> BundleResult:
+    """Build a bundle (the Python side of `builder bundle`); options are the spec's fields, flat or nested.
+
+    `runner`, `image`, `gpus` and `pull` say where the export stage runs (see builder.runners).
+    """
     from builder.files import check_folder_destination
+    from builder.runners import select_runner
 
     spec = resolve_spec(spec_file, **options)
     destination = pathlib.Path(output) if output is not None else pathlib.Path(DEFAULT_OUTPUT_ROOT) / spec.model_name
@@ -67,11 +72,14 @@ def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Pa
     archive_path = destination.with_name(destination.name + ".tar.gz") if archive else None
     if archive_path is not None and archive_path.exists() and not force:
         raise UserError(f"'{archive_path}' already exists", hint="pass --force to replace it")
-    return build_bundle(spec, destination, force, archive_path)
+    return build_bundle(spec, destination, force, archive_path, select_runner(runner, image, gpus, pull))
 
 
 def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
-                 archive_path: Optional[pathlib.Path]) -> BundleResult:
+                 archive_path: Optional[pathlib.Path], runner) -> BundleResult:
+    import shutil
+    import tempfile
+
     from builder.bundling import standalone, triton
     from builder.bundling.archive import write_archive
     from builder.bundling.manifest import write_manifest
@@ -80,58 +88,68 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
 
     target = {"triton": triton.TritonTarget, "standalone": standalone.StandaloneTarget}[spec.target](spec)
     renderer = Renderer(spec.templates)  # a bad override folder fails before the (slow) export
-    model = load_model(spec)
-    class_names = resolve_class_names(spec, model)
+    labels = read_labels(spec.labels) if spec.labels is not None else None
     with staged_folder(destination, force) as staging:
-        model_path = staging / target.model_file
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        notice(f"exporting {spec.export.model} ({spec.export.precision}) ...")
-        from builder.exporting import export_model
-
-        result = export_model(model, model_path, spec.export, report_file=False)
-        smoke_run(model_path, result)
-        context = template_context(spec, result, class_names, target.model_file)
+        stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".stage",
+                                                  dir=staging.parent))
+        try:
+            notice(f"exporting {spec.export.model} ({spec.export.precision}) with the {runner.name} runner ...")
+            outcome = runner.run(spec.export, stage_dir)
+            model_path = staging / target.model_file
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(outcome.model, model_path)
+        finally:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        result = outcome.result
+        class_names = resolve_class_names(spec, result, labels)
+        context = template_context(spec, result, class_names, target.model_file, outcome.versions)
         target.render(renderer, context, staging)
         _write(staging / "build.yaml", spec.to_yaml())
         if result.accuracy_report is not None:
             report = {k: v for k, v in result.accuracy_report.items() if k != "path"}
             _write(staging / "accuracy.json", json.dumps(report, indent=2) + "\n")
-        manifest = write_manifest(staging, manifest_description(spec, result, class_names, context["versions"]))
+        description = manifest_description(spec, result, class_names, context["versions"])
+        description["stage"] = outcome.environment
+        manifest = write_manifest(staging, description)
         if archive_path is not None:  # its top folder is named like the destination, not the staging folder
             write_archive(staging, archive_path, root=destination.name)
     notice(f"bundle written to {destination}" + (f" (archive {archive_path})" if archive_path else ""))
     return BundleResult(destination.resolve(), spec, manifest, archive_path, target.usage(destination))
 
 
-def load_model(spec: BundleSpec):
+def load_model(spec: ExportSpec):
     from builder.models.registry import build
 
-    return build(spec.export.model, num_classes=spec.export.num_classes, checkpoint_path=spec.export.weights)
+    return build(spec.model, num_classes=spec.num_classes, checkpoint_path=spec.weights)
 
 
-def resolve_class_names(spec: BundleSpec, model) -> list[str]:
+def read_labels(path: str) -> list[str]:
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read labels file '{path}': {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def resolve_class_names(spec: BundleSpec, result, labels: Optional[list[str]]) -> list[str]:
     """--labels, else the checkpoint's names, else COCO's for 80 classes, else class_<i> (with a warning)."""
     from builder.models.coco import COCO_CLASS_NAMES
 
-    if spec.labels is not None:
-        try:
-            text = pathlib.Path(spec.labels).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read labels file '{spec.labels}': {e}") from None
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        source = f"labels file '{spec.labels}'"
-    elif model.class_names:
-        names, source = list(model.class_names), "the checkpoint"
-    elif model.num_classes == len(COCO_CLASS_NAMES):
+    num_classes = result.num_classes
+    if labels is not None:
+        names, source = labels, f"labels file '{spec.labels}'"
+    elif result.class_names:
+        names, source = list(result.class_names), "the checkpoint"
+    elif num_classes == len(COCO_CLASS_NAMES):
         names, source = list(COCO_CLASS_NAMES), "COCO"
         if spec.export.weights not in (None, "coco"):
             warn("the checkpoint has no class names: using COCO's 80 (give --labels FILE if they are not)")
     else:
-        names, source = [f"class_{i}" for i in range(model.num_classes)], "class_<index>"
-        warn(f"the checkpoint has no class names: labelling them class_0..class_{model.num_classes - 1} "
+        names, source = [f"class_{i}" for i in range(num_classes)], "class_<index>"
+        warn(f"the checkpoint has no class names: labelling them class_0..class_{num_classes - 1} "
              f"(give --labels FILE)")
-    if len(names) != model.num_classes:
-        raise UserError(f"{source} has {len(names)} class names; the model has {model.num_classes} classes")
+    if len(names) != num_classes:
+        raise UserError(f"{source} has {len(names)} class names; the model has {num_classes} classes")
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name or len(name) > MAX_LABEL_LENGTH:
             raise UserError(f"class name {i} from {source} must be text of 1-{MAX_LABEL_LENGTH} characters")
@@ -158,7 +176,7 @@ def smoke_run(model_path: pathlib.Path, result) -> None:
     session.run(None, {result.input_name: images})
 
 
-def template_context(spec: BundleSpec, result, class_names: list[str], model_file: str) -> dict:
+def template_context(spec: BundleSpec, result, class_names: list[str], model_file: str, stage_versions: dict) -> dict:
     from builder import __version__
     from builder.bundling.manifest import toolchain_versions
     from builder.models.registry import family_of
@@ -178,7 +196,9 @@ def template_context(spec: BundleSpec, result, class_names: list[str], model_fil
         "outputs": result.outputs, "output_names": result.output_names,
         "batch_size": fixed_batch, "request_batch": request_batch, "max_batch_size": spec.max_batch_size,
         "class_names": class_names, "preprocessing": dict(prep.__dict__), "resize": result.resize,
-        "nms": nms_settings(result), "model_file": model_file, "versions": toolchain_versions(),
+        "nms": nms_settings(result), "model_file": model_file,
+        # what built the model (the stage's toolchain), plus the host's client library the Triton client pins
+        "versions": {**stage_versions, **toolchain_versions(("tritonclient",))},
     }
 
 

@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import json
 import pathlib
-import platform
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
 
-def toolchain_versions() -> dict[str, str]:
-    """Versions of what built and verified the bundle (the same environment gives the same manifest)."""
+def toolchain_versions(names=("builder", "torch", "onnx", "onnxruntime", "numpy", "pillow", "tritonclient")) -> dict[str, str]:
+    """Versions of the named packages installed here (those missing are left out)."""
     from importlib import metadata
 
-    versions = {"python": platform.python_version()}
-    for name in ("builder", "torch", "onnx", "onnxruntime", "numpy", "pillow", "tritonclient"):
+    versions = {}
+    for name in names:
         distribution = "model-bundle-builder" if name == "builder" else name
         try:
             versions[name] = metadata.version(distribution)

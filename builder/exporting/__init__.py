@@ -110,5 +110,6 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
         num_pre_nms_predictions=top_k if with_nms else None,
         max_predictions_per_image=spec.max_predictions_per_image if with_nms else None,
         batch_size=None if spec.dynamic_batch else spec.batch_size,
-        export_seconds=time.monotonic() - started, class_names=model.class_names, spec=spec.model_dump(),
+        export_seconds=time.monotonic() - started, class_names=model.class_names, num_classes=model.num_classes,
+        spec=spec.model_dump(),
         precision=spec.precision, accuracy_report=report)

@@ -26,6 +26,7 @@ class ExportResult:
     batch_size: Optional[int]  # None for a dynamic batch
     export_seconds: float
     class_names: Optional[list[str]] = None
+    num_classes: Optional[int] = None
     spec: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     #: for fp16/int8: agreement with FP32 on held-out photos (also written next to the model as JSON)

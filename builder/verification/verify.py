@@ -116,7 +116,7 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
         spec_data.setdefault("export", {})["weights"] = weights
     spec = BundleSpec.create(spec_data)
     _check_weights(manifest, spec.export.weights, spec.export.model)
-    model = load_model(spec).eval()
+    model = load_model(spec.export).eval()
     photos = _images(images, count)
     settings = {**manifest["postprocessing"]}
     precision = manifest["precision"]

@@ -1,0 +1,70 @@
+"""Where the export stage runs: in this process (local) or in the pinned builder image (docker)."""
+from __future__ import annotations
+
+import pathlib
+from typing import Optional
+
+from builder.errors import UserError
+from builder.spec import ExportSpec
+
+RUNNERS = ("auto", "docker", "local")
+
+
+class LocalRunner:
+    name = "local"
+
+    def run(self, spec: ExportSpec, output: pathlib.Path):
+        from builder.runners.stage import read_outcome, run_stage, stage_request
+
+        run_stage(stage_request(spec), output)
+        return read_outcome(output, {"runner": "local"})
+
+
+def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool = False, pull: bool = False):
+    """`auto`: docker when an engine answers and the image is there (or --pull), else local, with a notice."""
+    from builder.log import notice
+
+    if runner not in RUNNERS:
+        raise UserError(f"unknown runner '{runner}'", hint="auto, docker or local")
+    if runner == "local":
+        if image or gpus or pull:
+            raise UserError("--image, --gpus and --pull apply to the docker runner: drop them or use --runner docker")
+        return LocalRunner()
+    from builder.runners.docker_runner import DockerRunner, default_image, engine, image_info
+
+    if runner == "docker":
+        return DockerRunner(image, gpus, pull)
+    try:
+        client = engine()
+    except UserError as e:
+        notice(f"export stage runs here (local): {e.one_line()}")
+        return LocalRunner()
+    wanted = image or default_image()
+    if pull or image_info(client, wanted):
+        return DockerRunner(wanted, gpus, pull, client=client)
+    notice(f"export stage runs here (local): image '{wanted}' is not on the Docker engine")
+    return LocalRunner()
+
+
+def export_with_runner(runner, output: str | pathlib.Path, **options):
+    """`builder export` with the stage in a container: the same ONNX file, moved into place when it is whole."""
+    import dataclasses
+    import os
+    import shutil
+    import tempfile
+
+    from builder.exporting.onnx_file import check_destination
+    from builder.quantize.apply import save_report
+
+    output = check_destination(pathlib.Path(output))
+    spec = ExportSpec.create(**options)
+    stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".stage", dir=output.resolve().parent))
+    try:
+        outcome = runner.run(spec, stage_dir)
+        os.replace(outcome.model, output)
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    result = dataclasses.replace(outcome.result, output=output.resolve())
+    if result.accuracy_report is not None:
+        save_report(result.accuracy_report, output)
+    return result

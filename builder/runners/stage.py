@@ -1,0 +1,128 @@
+"""The export stage: spec (JSON) in, model.onnx + stage.json + reproduce.sh out. Runs here or in a container.
+
+    python -m builder.runners.stage SPEC.json OUTPUT_DIR
+
+The stage is the only part of a build that needs torch (and TensorRT): model loading, tracing,
+quantization and the smoke run. What it learned about the model (signature, preprocessing, thresholds,
+class names, the accuracy report) goes into stage.json for the host to render the bundle from. Paths
+in the spec are the host's: the docker runner mounts each file at the same absolute path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from builder.spec import ExportSpec
+
+MODEL_FILE = "model.onnx"
+STAGE_FILE = "stage.json"
+REPRODUCE_FILE = "reproduce.sh"
+STAGE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a stage left in its output folder, read back by the host."""
+
+    model: pathlib.Path
+    result: object  # builder.exporting.result.ExportResult
+    versions: dict
+    environment: dict  # where the stage ran: runner, python, image
+
+
+def stage_request(spec: ExportSpec) -> dict:
+    return {"stage_format": STAGE_FORMAT, "export": spec.model_dump(mode="json")}
+
+
+def run_stage(request: dict, output: pathlib.Path) -> None:
+    """The stage's work, in this process: export and smoke-run the model, describe it in stage.json."""
+    from builder.bundling.build import load_model, smoke_run
+    from builder.bundling.manifest import toolchain_versions
+    from builder.exporting import export_model
+    from builder.files import atomic_file
+
+    if request.get("stage_format") != STAGE_FORMAT:
+        raise RuntimeError(f"stage request format {request.get('stage_format')!r}; this builder reads {STAGE_FORMAT}")
+    spec = ExportSpec.model_validate(request["export"])
+    output = pathlib.Path(output)
+    model = load_model(spec)
+    result = export_model(model, output / MODEL_FILE, spec, report_file=False)
+    smoke_run(output / MODEL_FILE, result)
+    fields = dataclasses.asdict(result)
+    fields["output"] = MODEL_FILE
+    fields["export_seconds"] = 0.0  # timing is not a property of the model: the same build gives the same file
+    description = {"stage_format": STAGE_FORMAT, "result": fields,
+                   "versions": toolchain_versions(("builder", "torch", "onnx", "onnxruntime", "numpy", "pillow",
+                                                   "tensorrt")),
+                   "environment": environment()}
+    with atomic_file(output / STAGE_FILE) as f:
+        f.write((json.dumps(description, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    with atomic_file(output / REPRODUCE_FILE, mode=0o755) as f:
+        f.write(reproduce_script(request).encode("utf-8"))
+
+
+def environment() -> dict:
+    """Where the stage ran, seen from inside: the Python, the user, and the network interfaces it had."""
+    net = pathlib.Path("/sys/class/net")
+    interfaces = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
+    return {"python": platform.python_version(), "uid": os.getuid(), "network_interfaces": interfaces}
+
+
+def reproduce_script(request: dict) -> str:
+    spec_json = json.dumps(request, indent=2, sort_keys=True)
+    return ("#!/bin/sh\n"
+            "# Reruns this export stage with the same spec: writes model.onnx and stage.json into OUTPUT_DIR.\n"
+            "# Inside the builder image: docker run --rm --network none -v $PWD:/out IMAGE "
+            "python -m builder.runners.stage /out/spec.json /out\n"
+            "set -eu\n"
+            'out="${1:-.}"\n'
+            "cat > \"$out/spec.json\" <<'SPEC'\n"
+            f"{spec_json}\n"
+            "SPEC\n"
+            'exec python -m builder.runners.stage "$out/spec.json" "$out"\n')
+
+
+def read_outcome(output: pathlib.Path, runner_environment: dict) -> StageOutcome:
+    from builder.exporting.result import ExportResult
+
+    description = json.loads((pathlib.Path(output) / STAGE_FILE).read_text())
+    fields = description["result"]
+    fields["output"] = pathlib.Path(output) / MODEL_FILE
+    return StageOutcome(pathlib.Path(output) / MODEL_FILE, ExportResult(**fields), description["versions"],
+                        {**runner_environment, **description["environment"]})
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point in the container: errors as one 'error:' line (the runner reports the last one)."""
+    from builder.errors import UserError
+    from builder.log import configure
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m builder.runners.stage SPEC.json OUTPUT_DIR", file=sys.stderr)
+        return 2
+    configure(quiet=False)
+    try:
+        request = json.loads(pathlib.Path(args[0]).read_text())
+        run_stage(request, pathlib.Path(args[1]))
+    except UserError as e:
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: the traceback for the report, then one line for the runner to show
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: export stage crashed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
