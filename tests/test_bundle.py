@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -107,7 +108,15 @@ SIGNATURE_BATCH = ([{"name": "images", "dtype": "uint8", "shape": ["batch", 3, 3
                     {"name": "pred_classes", "dtype": "int64", "shape": ["batch", 100]}])
 SIGNATURE_FLAT = ([{"name": "images", "dtype": "uint8", "shape": [2, 3, 640, 640]}],
                   [{"name": "predictions", "dtype": "float32", "shape": ["num_predictions", 7]}])
+SIGNATURE_TENSORRT = ([{"name": "images", "dtype": "uint8", "shape": ["batch", 3, 640, 640]}],
+                      [{"name": "num_dets", "dtype": "int32", "shape": ["batch", 1]},
+                       {"name": "det_boxes", "dtype": "float32", "shape": ["batch", 300, 4]},
+                       {"name": "det_scores", "dtype": "float32", "shape": ["batch", 300]},
+                       {"name": "det_classes", "dtype": "int32", "shape": ["batch", 300]}])
 GOLDEN_CASES = {
+    "config_tensorrt.pbtxt": (dict(target="triton", name="det", export={"model": "yolo_nas_s", "dynamic_batch": True,
+                                                                       "engine": "tensorrt"},
+                                   triton={"device": "gpu", "max_batch_size": 16}), SIGNATURE_TENSORRT),
     "config_batch_dynamic.pbtxt": (dict(target="triton", name="det", export={"model": "yolo_nas_s", "dynamic_batch": True},
                                         triton={"preferred_batch_sizes": [4, 8], "max_queue_delay_us": 500,
                                                 "device": "gpu", "instances": 2, "tensorrt_accelerator": True}),
@@ -123,7 +132,9 @@ def _render_golden(case: str) -> str:
 
     values, (inputs, outputs) = GOLDEN_CASES[case]
     spec = BundleSpec.create(values)
-    context = config_context(spec, "det", inputs, outputs, {"class_names": '["a \\"quoted\\" name", "ünï"]'})
+    platform = "tensorrt_plan" if spec.export.engine == "tensorrt" else "onnxruntime_onnx"
+    context = config_context(spec, "det", inputs, outputs, {"class_names": '["a \\"quoted\\" name", "ünï"]'},
+                             platform)
     return render_config(Renderer(), spec, inputs, outputs, context)
 
 
@@ -174,6 +185,33 @@ def test_a_bad_override_is_refused_with_the_field_and_leaves_nothing(edit, messa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no bundle, no staging folder
 
 
+def test_a_tensorrt_bundle_needs_tensorrt_where_the_stage_runs(tmp_path):
+    pytest.importorskip("numpy")
+    from builder.engines.tensorrt import tensorrt_version
+
+    if tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here: the gpu tests build engines")
+    with pytest.raises(UserError, match="TensorRT is not installed where the export stage runs") as e:
+        builder.bundle(tmp_path / "out", target="triton", model="yolo_nas_s", engine="tensorrt", runner="local",
+                       input_image_shape=(64, 64))
+    assert "--runner docker --gpus" in e.value.one_line()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_engine_script_bundles_carry_runs_without_builder(tmp_path):
+    """build_engine.py is builder/engines/tensorrt.py itself: standard library and tensorrt only."""
+    from builder.engines import tensorrt as engine_module
+
+    script = tmp_path / "build_engine.py"
+    shutil.copyfile(engine_module.__file__, script)
+    done = subprocess.run([sys.executable, "-I", str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "--max-batch" in done.stdout
+    source = script.read_text()
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines()
+               if line.strip().startswith(("import ", "from ")) and not line.startswith("from __future__")}
+    assert imports <= {"argparse", "json", "os", "sys", "tempfile", "time", "tensorrt", "torch"}
+
+
 def test_an_override_that_matches_no_template_is_refused(tmp_path):
     (tmp_path / "triton").mkdir()
     (tmp_path / "triton" / "confg.pbtxt.j2").write_text("")
@@ -188,7 +226,9 @@ def test_an_override_that_matches_no_template_is_refused(tmp_path):
     (dict(preferred_batch_sizes=(4,)), "only for the batch format with --dynamic-batch"),
     (dict(dynamic_batch=True, max_batch_size=4, preferred_batch_sizes=(8,)), "exceed max_batch_size 4"),
     (dict(tensorrt_accelerator=True, device="cpu"), "TensorRT accelerator runs on GPUs"),
-    (dict(engine="tensorrt"), "needs a TensorRT engine build"),
+    (dict(engine="tensorrt", target="standalone"), "needs --target triton"),
+    (dict(engine="tensorrt", tensorrt_accelerator=True), "already is a TensorRT engine"),
+    (dict(workspace_gb=2), "TensorRT build options apply to --engine tensorrt only"),
     (dict(postprocessing=False), "drop --no-preprocessing and --no-postprocessing"),
     (dict(target="standalone", instances=2), "Triton options apply to --target triton only"),
     (dict(nonsense=1), "unknown option 'nonsense'"),

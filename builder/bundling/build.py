@@ -39,10 +39,12 @@ def resolve_spec(spec_file: str | pathlib.Path | None = None, **options: Any) ->
 
 def route_options(options: dict[str, Any]) -> dict[str, Any]:
     """Flat keyword options (as the CLI and `builder.bundle()` take them) -> the nested spec layout."""
-    top = set(BundleSpec.model_fields) - {"export", "triton"}
+    from builder.bundling.spec import TensorRTOptions
+
+    top = set(BundleSpec.model_fields) - {"export", "triton", "tensorrt"}
     routed: dict[str, Any] = {}
     for key, value in options.items():
-        if key in ("export", "triton") and isinstance(value, dict):
+        if key in ("export", "triton", "tensorrt") and isinstance(value, dict):
             routed[key] = {**routed.get(key, {}), **value}
         elif key in top:
             routed[key] = value
@@ -50,8 +52,11 @@ def route_options(options: dict[str, Any]) -> dict[str, Any]:
             routed.setdefault("export", {})[key] = value
         elif key in TritonOptions.model_fields:
             routed.setdefault("triton", {})[key] = value
+        elif key in TensorRTOptions.model_fields:
+            routed.setdefault("tensorrt", {})[key] = value
         else:
-            known = sorted(top | set(ExportSpec.model_fields) | set(TritonOptions.model_fields))
+            known = sorted(top | set(ExportSpec.model_fields) | set(TritonOptions.model_fields)
+                           | set(TensorRTOptions.model_fields))
             raise UserError(f"unknown option '{key}'", hint=did_you_mean(key, known))
     return routed
 
@@ -94,10 +99,11 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
                                                   dir=staging.parent))
         try:
             notice(f"exporting {spec.export.model} ({spec.export.precision}) with the {runner.name} runner ...")
-            outcome = runner.run(spec.export, stage_dir)
-            model_path = staging / target.model_file
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(outcome.model, model_path)
+            engine = spec.engine_profile if spec.export.engine == "tensorrt" else None
+            outcome = runner.run(spec.export, stage_dir, engine)
+            for produced, relative in target.stage_files(outcome).items():
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(produced, staging / relative)
         finally:
             shutil.rmtree(stage_dir, ignore_errors=True)
         result = outcome.result
@@ -110,6 +116,8 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
             _write(staging / "accuracy.json", json.dumps(report, indent=2) + "\n")
         description = manifest_description(spec, result, class_names, context["versions"])
         description["stage"] = outcome.environment
+        if outcome.engine is not None:
+            description["tensorrt"] = outcome.engine
         manifest = write_manifest(staging, description)
         if archive_path is not None:  # its top folder is named like the destination, not the staging folder
             write_archive(staging, archive_path, root=destination.name)

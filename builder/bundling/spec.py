@@ -40,6 +40,15 @@ class TritonOptions(BaseModel):
         return None if value is None else tuple(sorted(value))
 
 
+class TensorRTOptions(BaseModel):
+    """How the engine is built (--engine tensorrt, Triton target). Field descriptions are the CLI help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workspace_gb: float = Field(4.0, gt=0, le=1024, description="TensorRT builder workspace limit (GiB).")
+    opt_batch: Optional[int] = Field(None, ge=1, description="Batch size the engine is tuned for (dynamic batch). Default: the largest preferred batch size, else max_batch_size.")
+
+
 class BundleSpec(BaseModel):
     """Everything `builder bundle` needs; `build.yaml` is this, resolved."""
 
@@ -52,6 +61,7 @@ class BundleSpec(BaseModel):
     templates: Optional[str] = Field(None, description="Folder of templates that override the shipped ones by relative path.")
     export: ExportSpec
     triton: TritonOptions = TritonOptions()
+    tensorrt: TensorRTOptions = TensorRTOptions()
 
     @field_validator("name")
     @classmethod
@@ -64,9 +74,15 @@ class BundleSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "BundleSpec":
         export, triton = self.export, self.triton
-        if export.engine != "onnxruntime":
-            raise ValueError("bundles run the ONNX model on ONNX Runtime: --engine tensorrt needs a TensorRT engine "
-                             "build, which bundles do not do yet; use --engine onnxruntime")
+        if export.engine == "tensorrt" and self.target != "triton":
+            raise ValueError("the standalone bundle runs ONNX Runtime: --engine tensorrt needs --target triton")
+        if export.engine == "tensorrt" and triton.tensorrt_accelerator:
+            raise ValueError("--tensorrt-accelerator is ONNX Runtime's TensorRT provider: with --engine tensorrt the "
+                             "model already is a TensorRT engine")
+        if export.engine != "tensorrt" and self.tensorrt != TensorRTOptions():
+            raise ValueError("TensorRT build options apply to --engine tensorrt only")
+        if self.tensorrt.opt_batch is not None and (not self.batchable or self.tensorrt.opt_batch > self.max_batch_size):
+            raise ValueError("--opt-batch needs a dynamic batch and at most max_batch_size")
         if not export.postprocessing or not export.preprocessing:
             raise ValueError("bundles ship builder's preprocessing and postprocessing: drop --no-preprocessing "
                              "and --no-postprocessing")
@@ -81,6 +97,16 @@ class BundleSpec(BaseModel):
         if self.target == "standalone" and triton != TritonOptions():
             raise ValueError("Triton options apply to --target triton only")
         return self
+
+    @property
+    def engine_profile(self) -> dict:
+        """The TensorRT optimization profile and workspace the stage builds the engine with."""
+        if not self.export.dynamic_batch:
+            size = self.export.batch_size
+            return {"min_batch": size, "opt_batch": size, "max_batch": size, "workspace_gb": self.tensorrt.workspace_gb}
+        most = self.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        opt = self.tensorrt.opt_batch or max(self.triton.preferred_batch_sizes or (most,))
+        return {"min_batch": 1, "opt_batch": opt, "max_batch": most, "workspace_gb": self.tensorrt.workspace_gb}
 
     @property
     def model_name(self) -> str:

@@ -8,6 +8,9 @@ class StandaloneTarget:
     def __init__(self, spec):
         self.spec = spec
 
+    def stage_files(self, outcome) -> dict:
+        return {outcome.model: self.model_file}
+
     def render(self, renderer, context: dict, staging) -> None:
         files = {"infer.py": renderer.render("standalone/infer.py.j2", context),
                  "requirements.txt": renderer.render("standalone/requirements.txt.j2", context),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from builder.errors import UserError
 
 ONNX_PLATFORM = "onnxruntime_onnx"
+TENSORRT_PLATFORM = "tensorrt_plan"
 #: numpy dtype name (onnx_file.tensor_signature) -> Triton data type
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
                  "float16": "TYPE_FP16", "float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
@@ -22,7 +23,8 @@ def _dims(shape: list, batched: bool) -> list[int]:
     return dims[1:] if batched else dims
 
 
-def config_context(spec, name: str, inputs: list[dict], outputs: list[dict], parameters: dict[str, str]) -> dict:
+def config_context(spec, name: str, inputs: list[dict], outputs: list[dict], parameters: dict[str, str],
+                   platform: str = ONNX_PLATFORM) -> dict:
     """What config.pbtxt.j2 is rendered with."""
     batched = spec.max_batch_size > 0
 
@@ -34,7 +36,7 @@ def config_context(spec, name: str, inputs: list[dict], outputs: list[dict], par
     warm_inputs = [{**t, "dims": [1 if d == -1 else d for d in t["dims"]]} for t in tensors(inputs)]
     return {
         "name": name,
-        "platform": ONNX_PLATFORM,
+        "platform": platform,
         "max_batch_size": spec.max_batch_size,
         "inputs": tensors(inputs),
         "outputs": tensors(outputs),
@@ -61,7 +63,8 @@ def parse_config(text: str, origin: str):
     return config
 
 
-def check_config(config, name: str, inputs: list[dict], outputs: list[dict], origin: str) -> None:
+def check_config(config, name: str, inputs: list[dict], outputs: list[dict], origin: str,
+                 platform: str = ONNX_PLATFORM) -> None:
     """The rules Triton's schema cannot express, checked against the exported model's signature."""
     from tritonclient.grpc import model_config_pb2
 
@@ -70,9 +73,8 @@ def check_config(config, name: str, inputs: list[dict], outputs: list[dict], ori
 
     if config.name != name:
         refuse("name", f"is {config.name!r}, but the model folder is {name!r} (Triton requires them equal)")
-    if config.platform != ONNX_PLATFORM and config.backend not in ("onnxruntime",):
-        refuse("platform", f"is {config.platform or config.backend!r}; the bundle holds an ONNX model "
-                           f"({ONNX_PLATFORM!r})")
+    if config.platform != platform and not (platform == ONNX_PLATFORM and config.backend == "onnxruntime"):
+        refuse("platform", f"is {config.platform or config.backend!r}; the bundle's model needs {platform!r}")
     batched = config.max_batch_size > 0
     if config.max_batch_size < 0:
         refuse("max_batch_size", "must not be negative")
@@ -120,11 +122,20 @@ def render_config(renderer, spec, inputs: list[dict], outputs: list[dict], conte
     template = "triton/config.pbtxt.j2"
     origin = f"{'override' if template in renderer.overridden else 'shipped template'} '{template}'"
     text = renderer.render(template, context)
-    check_config(parse_config(text, origin), spec.model_name, inputs, outputs, origin)
+    check_config(parse_config(text, origin), spec.model_name, inputs, outputs, origin, context["platform"])
     return text
 
 
 REPOSITORY = "model_repository"
+ENGINE_ONNX = "onnx/model.onnx"
+ENGINE_SCRIPT = "build_engine.py"
+
+
+def engine_arguments(spec) -> str:
+    """build_engine.py's options that rebuild the bundle's engine with its profile."""
+    p = spec.engine_profile
+    return (f"--min-batch {p['min_batch']} --opt-batch {p['opt_batch']} --max-batch {p['max_batch']} "
+            f"--workspace-gb {p['workspace_gb']:g}")
 
 
 class TritonTarget:
@@ -134,7 +145,16 @@ class TritonTarget:
     def __init__(self, spec):
         self.spec = spec
         self.model_dir = f"{REPOSITORY}/{spec.model_name}"
-        self.model_file = f"{self.model_dir}/{spec.version}/model.onnx"
+        self.engine = spec.export.engine == "tensorrt"
+        # with an engine, the repository serves model.plan and the ONNX travels beside it, to rebuild the
+        # engine on the serving GPU (build_engine.py)
+        self.model_file = ENGINE_ONNX if self.engine else f"{self.model_dir}/{spec.version}/model.onnx"
+        self.plan_file = f"{self.model_dir}/{spec.version}/model.plan"
+
+    def stage_files(self, outcome) -> dict:
+        if not self.engine:
+            return {outcome.model: self.model_file}
+        return {outcome.model: self.model_file, outcome.plan: self.plan_file}
 
     def render(self, renderer, context: dict, staging) -> None:
         import json
@@ -145,19 +165,28 @@ class TritonTarget:
                       "postprocessing": json.dumps(context["nms"], sort_keys=True),
                       "precision": context["precision"], "builder_version": context["builder_version"],
                       "source_model": context["model"]}
-        config_ctx = config_context(spec, spec.model_name, [context["input"]], context["outputs"], parameters)
+        config_ctx = config_context(spec, spec.model_name, [context["input"]], context["outputs"], parameters,
+                                    TENSORRT_PLATFORM if self.engine else ONNX_PLATFORM)
         text = render_config(renderer, spec, [context["input"]], context["outputs"], {**context, **config_ctx})
         files = {f"{self.model_dir}/config.pbtxt": text,
                  f"{self.model_dir}/labels.txt": renderer.render("common/labels.txt.j2", context),
                  "client/triton_client.py": renderer.render("triton/triton_client.py.j2", context),
                  "client/requirements.txt": renderer.render("triton/requirements.txt.j2", context),
                  "README.md": renderer.render("triton/README.md.j2", {**context, "repository": REPOSITORY,
-                                                                     "config": config_ctx})}
+                                                                     "config": config_ctx,
+                                                                     "engine_args": engine_arguments(spec)})}
         for relative, content in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content, encoding="utf-8")
         (staging / "client/triton_client.py").chmod(0o755)
+        if self.engine:
+            import shutil
+
+            from builder.engines import tensorrt as engine_module
+
+            shutil.copyfile(engine_module.__file__, staging / ENGINE_SCRIPT)
+            (staging / ENGINE_SCRIPT).chmod(0o755)
 
     def usage(self, destination) -> str:
         spec = self.spec

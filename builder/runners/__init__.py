@@ -13,10 +13,10 @@ RUNNERS = ("auto", "docker", "local")
 class LocalRunner:
     name = "local"
 
-    def run(self, spec: ExportSpec, output: pathlib.Path):
+    def run(self, spec: ExportSpec, output: pathlib.Path, engine: Optional[dict] = None):
         from builder.runners.stage import read_outcome, run_stage, stage_request
 
-        run_stage(stage_request(spec), output)
+        run_stage(stage_request(spec, engine), output)
         return read_outcome(output, {"runner": "local"})
 
 

@@ -74,7 +74,7 @@ class DockerRunner:
         self.timeout_s = timeout_s
         self.client = client or engine()
 
-    def run(self, spec: ExportSpec, output: pathlib.Path):
+    def run(self, spec: ExportSpec, output: pathlib.Path, engine: Optional[dict] = None):
         import docker
 
         from builder.log import notice
@@ -83,7 +83,9 @@ class DockerRunner:
         info = self._image()
         output = pathlib.Path(output).resolve()
         request_path = output.parent / f".{output.name}.spec.json"
-        request_path.write_text(json.dumps(stage_request(spec), indent=2))
+        if engine is not None and not self.gpus:
+            raise UserError("building a TensorRT engine needs the GPU in the container: add --gpus")
+        request_path.write_text(json.dumps(stage_request(spec, engine), indent=2))
         mounts = {str(request_path): {"bind": str(request_path), "mode": "ro"}, str(output): {"bind": str(output), "mode": "rw"}}
         environment = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
         for path, mode in self._inputs(spec):

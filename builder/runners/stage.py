@@ -21,6 +21,7 @@ from typing import Optional
 from builder.spec import ExportSpec
 
 MODEL_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
 STAGE_FILE = "stage.json"
 REPRODUCE_FILE = "reproduce.sh"
 STAGE_FORMAT = 1
@@ -34,10 +35,13 @@ class StageOutcome:
     result: object  # builder.exporting.result.ExportResult
     versions: dict
     environment: dict  # where the stage ran: runner, python, image
+    plan: Optional[pathlib.Path] = None  # the TensorRT engine, when one was asked for
+    engine: Optional[dict] = None  # how it was built: TensorRT version, GPU, profile
 
 
-def stage_request(spec: ExportSpec) -> dict:
-    return {"stage_format": STAGE_FORMAT, "export": spec.model_dump(mode="json")}
+def stage_request(spec: ExportSpec, engine: Optional[dict] = None) -> dict:
+    """The stage's input: the export spec, and the engine profile when a TensorRT engine is to be built."""
+    return {"stage_format": STAGE_FORMAT, "export": spec.model_dump(mode="json"), "engine": engine}
 
 
 def run_stage(request: dict, output: pathlib.Path) -> None:
@@ -45,19 +49,31 @@ def run_stage(request: dict, output: pathlib.Path) -> None:
     from builder.bundling.build import load_model, smoke_run
     from builder.bundling.manifest import toolchain_versions
     from builder.exporting import export_model
+    from builder.errors import UserError
     from builder.files import atomic_file
 
     if request.get("stage_format") != STAGE_FORMAT:
         raise RuntimeError(f"stage request format {request.get('stage_format')!r}; this builder reads {STAGE_FORMAT}")
     spec = ExportSpec.model_validate(request["export"])
     output = pathlib.Path(output)
+    engine = request.get("engine")
+    if engine is not None:
+        from builder.engines.tensorrt import tensorrt_version
+
+        if tensorrt_version() is None:
+            raise UserError("TensorRT is not installed where the export stage runs",
+                            hint="build in the builder image: --runner docker --gpus")
     model = load_model(spec)
     result = export_model(model, output / MODEL_FILE, spec, report_file=False)
-    smoke_run(output / MODEL_FILE, result)
+    built = None
+    if spec.engine == "onnxruntime":
+        smoke_run(output / MODEL_FILE, result)  # (TensorRT's NMS plugin does not run on ONNX Runtime)
+    if engine is not None:
+        built = build_plan(output, engine)
     fields = dataclasses.asdict(result)
     fields["output"] = MODEL_FILE
     fields["export_seconds"] = 0.0  # timing is not a property of the model: the same build gives the same file
-    description = {"stage_format": STAGE_FORMAT, "result": fields,
+    description = {"stage_format": STAGE_FORMAT, "result": fields, "engine": built,
                    "versions": toolchain_versions(("builder", "torch", "onnx", "onnxruntime", "numpy", "pillow",
                                                    "tensorrt")),
                    "environment": environment()}
@@ -65,6 +81,28 @@ def run_stage(request: dict, output: pathlib.Path) -> None:
         f.write((json.dumps(description, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     with atomic_file(output / REPRODUCE_FILE, mode=0o755) as f:
         f.write(reproduce_script(request).encode("utf-8"))
+
+
+def build_plan(output: pathlib.Path, engine: dict) -> dict:
+    """model.plan from model.onnx; the timing cache lives in builder's cache (per TensorRT version)."""
+    from builder.engines.tensorrt import EngineBuildError, build_engine, tensorrt_version
+    from builder.errors import UserError
+    from builder.log import notice
+    from builder.models.download import cache_dir
+
+    cache = cache_dir().parent / "tensorrt" / f"timing-{tensorrt_version()}.cache"
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        cache = None
+    notice(f"building the TensorRT {tensorrt_version()} engine (batch {engine['min_batch']}/{engine['opt_batch']}/"
+           f"{engine['max_batch']}, workspace {engine['workspace_gb']:g} GiB) ...")
+    try:
+        return build_engine(str(output / MODEL_FILE), str(output / PLAN_FILE), engine["min_batch"],
+                            engine["opt_batch"], engine["max_batch"], engine["workspace_gb"],
+                            str(cache) if cache else None)
+    except EngineBuildError as e:
+        raise UserError(str(e)) from None
 
 
 def environment() -> dict:
@@ -94,8 +132,10 @@ def read_outcome(output: pathlib.Path, runner_environment: dict) -> StageOutcome
     description = json.loads((pathlib.Path(output) / STAGE_FILE).read_text())
     fields = description["result"]
     fields["output"] = pathlib.Path(output) / MODEL_FILE
+    plan = pathlib.Path(output) / PLAN_FILE
     return StageOutcome(pathlib.Path(output) / MODEL_FILE, ExportResult(**fields), description["versions"],
-                        {**runner_environment, **description["environment"]})
+                        {**runner_environment, **description["environment"]}, plan if plan.exists() else None,
+                        description.get("engine"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
