@@ -110,6 +110,11 @@ TRITON_FLAGS = (
     ("--instances", "instances", int),
     ("--tensorrt-accelerator", "tensorrt_accelerator", "flag"),
     ("--no-warmup", "warmup", "negated"),
+    ("--serving-image", "serving_image", str),
+)
+TENSORRT_FLAGS = (
+    ("--workspace-gb", "workspace_gb", float),
+    ("--opt-batch", "opt_batch", int),
 )
 
 
@@ -148,7 +153,7 @@ def spec_values(given: dict) -> dict:
     """The options the user gave, as ExportSpec values."""
     from builder.spec import parse_shape, parse_sizes
 
-    kinds = {name: kind for _, name, kind in EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS}
+    kinds = {name: kind for _, name, kind in EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS + TENSORRT_FLAGS}
     values = {}
     for name, value in given.items():
         if value is None or name not in kinds:
@@ -196,8 +201,9 @@ def export_command(output: str, runner: str, image: str | None, gpus: bool, pull
 
 
 def _bundle_options(command):
-    from builder.bundling.spec import BundleSpec, TritonOptions
+    from builder.bundling.spec import BundleSpec, TensorRTOptions, TritonOptions
 
+    command = spec_options(command, TENSORRT_FLAGS, TensorRTOptions)
     command = spec_options(command, TRITON_FLAGS, TritonOptions)
     command = spec_options(command, EXPORT_FLAGS, required=False)
     return spec_options(command, BUNDLE_FLAGS, BundleSpec, required=False)

@@ -44,7 +44,7 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
 def test_triton_bundle_has_the_repository_client_and_a_manifest_of_every_file(triton_bundle):
     root = triton_bundle.destination
     assert sorted(_files(root)) == [
-        "README.md", "build.yaml", "client/requirements.txt", "client/triton_client.py", "manifest.json",
+        "Dockerfile", "README.md", "build.yaml", "client/requirements.txt", "client/triton_client.py", "manifest.json",
         "model_repository/detector/1/model.onnx", "model_repository/detector/config.pbtxt",
         "model_repository/detector/labels.txt"]
     manifest = json.loads((root / "manifest.json").read_text())
@@ -53,7 +53,8 @@ def test_triton_bundle_has_the_repository_client_and_a_manifest_of_every_file(tr
     for entry in manifest["files"]:
         data = (root / entry["path"]).read_bytes()
         assert (hashlib.sha256(data).hexdigest(), len(data)) == (entry["sha256"], entry["size"])
-    assert len(manifest["files"]) == 7
+    assert len(manifest["files"]) == 8
+    assert (root / "Dockerfile").read_text().splitlines()[5] == "FROM nvcr.io/nvidia/tritonserver:24.08-py3"
     model = onnx.load(root / "model_repository/detector/1/model.onnx")
     assert [i.name for i in model.graph.input] == [t["name"] for t in manifest["signature"]["inputs"]]
     assert [o.name for o in model.graph.output] == [t["name"] for t in manifest["signature"]["outputs"]]
@@ -223,6 +224,7 @@ def test_an_override_that_matches_no_template_is_refused(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (dict(name="../evil"), "not a valid model name"),
     (dict(name="a b"), "not a valid model name"),
+    (dict(serving_image="evil\nRUN rm -rf /"), "is not an image reference"),
     (dict(preferred_batch_sizes=(4,)), "only for the batch format with --dynamic-batch"),
     (dict(dynamic_batch=True, max_batch_size=4, preferred_batch_sizes=(8,)), "exceed max_batch_size 4"),
     (dict(tensorrt_accelerator=True, device="cpu"), "TensorRT accelerator runs on GPUs"),

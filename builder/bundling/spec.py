@@ -17,6 +17,9 @@ from builder.spec import ExportSpec, validation_message
 #: Triton model names become folder names and URL path segments
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_MAX_BATCH_SIZE = 8
+#: the Triton release whose TensorRT (10.3) is the builder image's
+DEFAULT_SERVING_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[0-9]{1,5}/[a-z0-9._/-]+)?(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[a-f0-9]{64})?")
 
 
 class TritonOptions(BaseModel):
@@ -31,6 +34,14 @@ class TritonOptions(BaseModel):
     instances: int = Field(1, ge=1, le=64, description="Model instances (per GPU with --device gpu).")
     tensorrt_accelerator: bool = Field(False, description="Let ONNX Runtime hand the graph to TensorRT in FP16 (GPU only).")
     warmup: bool = Field(True, description="Run one all-zeros request when the model loads.")
+    serving_image: str = Field(DEFAULT_SERVING_IMAGE, max_length=255, description="tritonserver image the bundle's Dockerfile builds on (pin a digest with @sha256:...).")
+
+    @field_validator("serving_image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not IMAGE_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not an image reference like nvcr.io/nvidia/tritonserver:24.08-py3[@sha256:...]")
+        return value
 
     @field_validator("preferred_batch_sizes")
     @classmethod

@@ -172,6 +172,8 @@ class TritonTarget:
                  f"{self.model_dir}/labels.txt": renderer.render("common/labels.txt.j2", context),
                  "client/triton_client.py": renderer.render("triton/triton_client.py.j2", context),
                  "client/requirements.txt": renderer.render("triton/requirements.txt.j2", context),
+                 "Dockerfile": renderer.render("triton/Dockerfile.j2", {**context, "repository": REPOSITORY,
+                                                                      "serving_image": spec.triton.serving_image}),
                  "README.md": renderer.render("triton/README.md.j2", {**context, "repository": REPOSITORY,
                                                                      "config": config_ctx,
                                                                      "engine_args": engine_arguments(spec)})}
