@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import click
@@ -191,7 +192,12 @@ def export_command(output: str, runner: str, image: str | None, gpus: bool, pull
     from builder.exporting import export
     from builder.runners import export_with_runner, select_runner
 
+    from builder.exporting.onnx_file import check_destination
+    from builder.spec import ExportSpec
+
     values = spec_values(given)
+    ExportSpec.create(**values)  # bad options and destinations are refused before a runner is chosen
+    check_destination(pathlib.Path(output))
     chosen = select_runner(runner, image, gpus, pull)
     if chosen.name == "local":
         result = export(values.pop("model"), output, **values)
