@@ -131,3 +131,16 @@ def test_bench_on_a_fixed_batch_says_what_it_skipped(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "skipped: batch 1: the model takes a fixed batch of 2" in done.stdout
     assert done.stdout.splitlines()[2].split()[0] == "2"
+
+
+def test_an_engine_bundle_without_tensorrt_here_is_one_clear_error(tmp_path):
+    from builder.engines.tensorrt import tensorrt_version
+    from builder.verification.runtime import model_file, open_model
+
+    if tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here")
+    manifest = {"target": "triton", "name": "det", "version": 1, "engine": "tensorrt",
+                "signature": {"outputs": [{"name": "num_dets"}]}}
+    assert model_file(tmp_path, manifest) == tmp_path / "model_repository/det/1/model.plan"
+    with pytest.raises(UserError, match="is a TensorRT engine and TensorRT is not installed here"):
+        open_model(tmp_path, manifest)

@@ -60,7 +60,6 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
           duration: float = 5.0, url: Optional[str] = None, protocol: str = "http", concurrency: int = 1) -> BenchResult:
     from builder.bundling.manifest import check_files
     from builder.log import notice
-    from builder.verification.verify import model_path
 
     folder = pathlib.Path(bundle)
     manifest = check_files(folder)
@@ -80,7 +79,9 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
     if isinstance(fixed, int) and fixed not in sizes:
         sizes.append(fixed)
     if url is None:
-        run, runtime = _onnxruntime_runner(model_path(folder, manifest), threads)
+        from builder.verification.runtime import open_model
+
+        run, runtime = open_model(folder, manifest, threads)
     else:
         run, runtime = _triton_runner(manifest, url, protocol), f"Triton {protocol} at {url}, concurrency {concurrency}"
     rows = []
@@ -108,23 +109,6 @@ def _most_per_request(folder: pathlib.Path, manifest: dict, url: Optional[str]) 
 
     config = parse_config((folder / "model_repository" / manifest["name"] / "config.pbtxt").read_text(), "the bundle")
     return config.max_batch_size or None
-
-
-def _onnxruntime_runner(path: pathlib.Path, threads: Optional[int]):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    name = session.get_inputs()[0].name
-    used = session.get_providers()[0].removesuffix("ExecutionProvider")
-    return (lambda batch: session.run(None, {name: batch})), \
-        f"ONNX Runtime {ort.__version__} {used}" + (f", {threads} threads" if threads else "")
 
 
 def _triton_runner(manifest: dict, url: str, protocol: str):

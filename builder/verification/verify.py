@@ -62,6 +62,7 @@ class VerifyResult:
     images: list[ImageResult]
     gate: dict
     failures: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
 
     @property
     def totals(self) -> dict:
@@ -129,8 +130,11 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
             raise UserError("--url verifies a Triton bundle through its client; this bundle is standalone")
         candidates, runtime = _through_client(folder, [p for _, p in photos], url, protocol), f"Triton at {url}"
     else:
-        candidates, runtime = None, "ONNX Runtime"
-        session = _session(folder, manifest)
+        from builder.verification.runtime import open_model
+
+        candidates = None
+        run, runtime = open_model(folder, manifest)
+        fixed = manifest["signature"]["inputs"][0]["shape"][0]
     results = []
     for index, (name, path) in enumerate(photos):
         image = _read(path)
@@ -138,12 +142,12 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
         batch = fitted.transpose(2, 0, 1)[None].copy()
         reference = _to_original(reference_detections(model, batch, settings), placement, image.shape)
         if candidates is None:
-            found = _to_original(_run_onnx(session, batch, manifest), placement, image.shape)
+            found = _to_original(_run_model(run, batch, fixed, manifest), placement, image.shape)
         else:
             found = candidates[index]
         limit = None if gate["box_px"] is None else gate["box_px"] / min(placement.scale_x, placement.scale_y)
         results.append(ImageResult(name, str(path), reference, found, match_pairs(reference, found), limit))
-    result = VerifyResult(folder.resolve(), precision, runtime, results, gate)
+    result = VerifyResult(folder.resolve(), precision, runtime, results, gate, class_names=manifest["class_names"])
     totals = result.totals
     if totals["recall"] < gate["recall"]:
         result.failures.append(f"recall {totals['recall']:.3f} < {gate['recall']}")
@@ -209,31 +213,12 @@ def _to_original(detections: list[tuple], placement, shape) -> list[tuple]:
     return out
 
 
-def model_path(folder: pathlib.Path, manifest: dict) -> pathlib.Path:
-    if manifest["target"] == "triton":
-        return folder / "model_repository" / manifest["name"] / str(manifest["version"]) / "model.onnx"
-    return folder / "model.onnx"
+def _run_model(run, batch: np.ndarray, fixed, manifest: dict) -> list[tuple]:
+    from builder.verification.runtime import detections_of
 
-
-def _session(folder: pathlib.Path, manifest: dict):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(model_path(folder, manifest)), options, providers=["CPUExecutionProvider"])
-
-
-def _run_onnx(session, batch: np.ndarray, manifest: dict) -> list[tuple]:
-    size = session.get_inputs()[0].shape[0]
-    if isinstance(size, int) and size > 1:
-        batch = np.concatenate([batch, np.zeros((size - 1,) + batch.shape[1:], np.uint8)])
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": batch})))
-    if manifest["postprocessing"]["output_format"] == "flat":
-        rows = outputs["predictions"][outputs["predictions"][:, 0] == 0]
-        return [(float(r[5]), int(r[6]), r[1:5]) for r in rows]
-    n = int(outputs["num_predictions"][0, 0])
-    return [(float(outputs["pred_scores"][0, i]), int(outputs["pred_classes"][0, i]), outputs["pred_boxes"][0, i])
-            for i in range(n)]
+    if isinstance(fixed, int) and fixed > 1:  # a fixed batch: pad with blank images
+        batch = np.concatenate([batch, np.zeros((fixed - 1,) + batch.shape[1:], np.uint8)])
+    return detections_of(run(batch), manifest["postprocessing"]["output_format"])
 
 
 def _through_client(folder: pathlib.Path, paths: list[pathlib.Path], url: str, protocol: str) -> list[list[tuple]]:
@@ -262,7 +247,9 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
         raise UserError(f"report '{destination}' must end in .html or .png")
     if not destination.resolve().parent.is_dir():
         raise UserError(f"folder '{destination.resolve().parent}' does not exist")
-    pairs = [(_drawn(r.path, r.reference, "PyTorch"), _drawn(r.path, r.bundle, result.runtime)) for r in result.images]
+    names = result.class_names
+    pairs = [(_drawn(r.path, r.reference, "PyTorch", names), _drawn(r.path, r.bundle, result.runtime, names))
+             for r in result.images]
     if destination.suffix.lower() == ".png":
         cell = 480
         grid = Image.new("RGB", (2 * cell, cell * len(pairs)), (255, 255, 255))
@@ -295,7 +282,7 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
     return destination
 
 
-def _drawn(path: str, detections: list[tuple], title: str):
+def _drawn(path: str, detections: list[tuple], title: str, names: list[str]):
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(_read(pathlib.Path(path)))
@@ -303,6 +290,7 @@ def _drawn(path: str, detections: list[tuple], title: str):
     width = max(2, round(max(image.size) / 300))
     for score, cls, box in detections:
         draw.rectangle([float(v) for v in box], outline=(230, 25, 75), width=width)
-        draw.text((float(box[0]) + 2, float(box[1]) + 2), f"{cls} {score:.2f}", fill=(255, 255, 255))
+        label = names[cls] if 0 <= cls < len(names) else str(cls)
+        draw.text((float(box[0]) + 2, float(box[1]) + 2), f"{label} {score:.2f}", fill=(255, 255, 255))
     draw.text((8, 8), f"{title}: {len(detections)}", fill=(255, 255, 0))
     return image
