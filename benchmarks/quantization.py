@@ -52,15 +52,15 @@ def builtin_batch(prep) -> np.ndarray:
 
 @contextlib.contextmanager
 def prediction_convs_float(keep: bool):
-    """Export with the final class/box convolutions left float32 or quantized: a module switch, not an option."""
+    """Export with the class-logit convolutions left float32 or quantized: a module switch, not an option."""
     from builder.quantize import apply
 
-    before = apply.KEEP_PREDICTION_CONVS_FLOAT
-    apply.KEEP_PREDICTION_CONVS_FLOAT = keep
+    before = apply.KEEP_CLASS_CONVS_FLOAT
+    apply.KEEP_CLASS_CONVS_FLOAT = keep
     try:
         yield
     finally:
-        apply.KEEP_PREDICTION_CONVS_FLOAT = before
+        apply.KEEP_CLASS_CONVS_FLOAT = before
 
 
 def int8_options(args) -> dict:
@@ -77,7 +77,7 @@ def export_all(variant: str, args, workdir: pathlib.Path) -> list[Row]:
     import builder
     from builder.images import to_network_input
     from builder.models.registry import family_of
-    from builder.quantize.apply import KEEP_PREDICTION_CONVS_FLOAT as default_keep
+    from builder.quantize.apply import KEEP_CLASS_CONVS_FLOAT as default_keep
     from reference_weights import lively_model
 
     prep = family_of(variant).preprocessing
@@ -89,7 +89,7 @@ def export_all(variant: str, args, workdir: pathlib.Path) -> list[Row]:
         exports.append(("int8", not default_keep))
     rows = []
     for i, (precision, keep_float) in enumerate(exports):
-        label = f"int8, prediction convs {'float32' if keep_float else 'int8'}" if precision == "int8" else precision
+        label = f"int8, class convs {'float32' if keep_float else 'int8'}" if precision == "int8" else precision
         path = workdir / f"{variant}_{i}_{precision}.onnx"
         options = int8_options(args) if precision == "int8" else {}
         start = time.perf_counter()

@@ -101,12 +101,13 @@ def test_int8_is_symmetric_qdq_on_the_network_only(exported):
     producer = {o: n for n in graph.node for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     last = _last_convs(graph)
+    class_convs = [c for c in last if c.input[1] in initializers and initializers[c.input[1]].shape[0] == 80]
+    assert len(class_convs) == 3 and len(last) == 6
     for conv in convs:  # every convolution reads dequantized int8 activations...
         assert producer[conv.input[0]].op_type == "DequantizeLinear"
-        if conv in last:  # ...the prediction layers keep float weights and emit float logits
-            assert conv.input[1] in initializers
+        if conv in class_convs:  # ...the class-logit layers keep float weights and emit float logits
             continue
-        weight = producer[conv.input[1]]  # ...the others have per-channel int8 weights
+        weight = producer[conv.input[1]]  # ...the others (box layers too) have per-channel int8 weights
         w = initializers[weight.input[0]]
         assert w.dtype == np.int8 and initializers[weight.input[1]].shape == (w.shape[0],)
     for node in graph.node:  # symmetric: weights int8 with zero points of 0, activations uint8 around 128
@@ -115,7 +116,18 @@ def test_int8_is_symmetric_qdq_on_the_network_only(exported):
             weight = node.input[0] in initializers
             assert zero_point.dtype == (np.int8 if weight else np.uint8)
             assert (zero_point == (0 if weight else 128)).all()
-    after = _downstream_ops(graph, [o for c in _last_convs(graph) for o in c.output])
+    # the postprocessing starts at the class logits and at the box layers' dequantized outputs: all float
+    consumers = {i: n for n in graph.node for i in n.input}
+    starts = []
+    for conv in last:
+        if conv in class_convs:
+            starts.append(conv.output[0])
+        else:
+            quantize = consumers[conv.output[0]]
+            dequantize = consumers[quantize.output[0]]
+            assert (quantize.op_type, dequantize.op_type) == ("QuantizeLinear", "DequantizeLinear")
+            starts.append(dequantize.output[0])
+    after = _downstream_ops(graph, starts)
     assert "NonMaxSuppression" in after and "TopK" in after and "Softmax" in after
     assert "QuantizeLinear" not in after and "DequantizeLinear" not in after
     # the preprocessing (uint8 -> float cast) stays float; quantization starts at the first convolution's input

@@ -24,7 +24,8 @@ CALIBRATION_STRIDE = 8
 
 
 def quantize_int8(model: onnx.ModelProto, region: Region, batches: list[np.ndarray], method: str,
-                  keep_prediction_convs_float: bool, progress: bool = True) -> onnx.ModelProto:
+                  keep_float: set[str], progress: bool = True) -> onnx.ModelProto:
+    """The graph with Q/DQ on the network's nodes except `keep_float`, calibrated on `batches`."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from tqdm import tqdm
 
@@ -52,8 +53,7 @@ def quantize_int8(model: onnx.ModelProto, region: Region, batches: list[np.ndarr
 
     calibration = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}[method]
-    keep = set(region.prediction_convs) if keep_prediction_convs_float else set()
-    exclude = [n.name for n in model.graph.node if n.name not in region.nodes or n.name in keep]
+    exclude = [n.name for n in model.graph.node if n.name not in region.nodes or n.name in keep_float]
     root = logging.getLogger()
     level = root.level
     # onnxruntime's calibrators print their progress on stdout and warn on the root logger: keep our

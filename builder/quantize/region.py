@@ -67,3 +67,14 @@ def network_region(model: onnx.ModelProto) -> Region:
     first = convs[0]
     preprocessing = ancestors([producer[first.input[0]]]) if first.input[0] in producer else set()
     return Region(frozenset(ancestors(last) - preprocessing), tuple(n.name for n in last))
+
+
+def class_prediction_convs(model: onnx.ModelProto, region: Region, num_classes: int) -> list[str]:
+    """The prediction convolutions that emit class logits (one output channel per class)."""
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    found = [name for name in region.prediction_convs
+             if nodes[name].input[1] in weights and weights[nodes[name].input[1]].dims[0] == num_classes]
+    if not found:
+        raise RuntimeError(f"no prediction convolution with {num_classes} output channels")
+    return found
