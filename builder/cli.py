@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.Abort:
-        click.echo("error: aborted", err=True)
+        click.echo("error: interrupted", err=True)
         return 130
     except click.ClickException as e:
         hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""

@@ -127,3 +127,23 @@ def test_without_an_engine_docker_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(UserError, match="no Docker engine answers"):
         engine()
+
+
+def test_ctrl_c_stops_and_removes_the_container(client, tmp_path):
+    import signal
+    import time
+
+    before = _containers(client)
+    process = subprocess.Popen([sys.executable, "-m", "builder", "bundle", "--target", "standalone", "--model",
+                                "yolo_nas_l", "--runner", "docker", "--image", IMAGE, "--output", str(tmp_path / "out")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (_containers(client) - before) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert _containers(client) - before, "the stage container never started"
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert _containers(client) == before
+    assert list(tmp_path.iterdir()) == []
