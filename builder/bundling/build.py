@@ -7,7 +7,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from builder.bundling.spec import BundleSpec, TritonOptions, merge, read_spec_file
+from builder.bundling.spec import BundleSpec, TensorRTOptions, TritonOptions, merge, read_spec_file
 from builder.errors import UserError, did_you_mean
 from builder.log import notice, warn
 from builder.spec import ExportSpec
@@ -39,8 +39,6 @@ def resolve_spec(spec_file: str | pathlib.Path | None = None, **options: Any) ->
 
 def route_options(options: dict[str, Any]) -> dict[str, Any]:
     """Flat keyword options (as the CLI and `builder.bundle()` take them) -> the nested spec layout."""
-    from builder.bundling.spec import TensorRTOptions
-
     top = set(BundleSpec.model_fields) - {"export", "triton", "tensorrt"}
     routed: dict[str, Any] = {}
     for key, value in options.items():
@@ -125,12 +123,6 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
     return BundleResult(destination.resolve(), spec, manifest, archive_path, target.usage(destination))
 
 
-def load_model(spec: ExportSpec):
-    from builder.models.registry import build
-
-    return build(spec.model, num_classes=spec.num_classes, checkpoint_path=spec.weights)
-
-
 def read_labels(path: str) -> list[str]:
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8")
@@ -164,24 +156,6 @@ def resolve_class_names(spec: BundleSpec, result, labels: Optional[list[str]]) -
         if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
             raise UserError(f"class name {i} from {source} ({name!r}) holds control characters")
     return names
-
-
-def smoke_run(model_path: pathlib.Path, result) -> None:
-    """The model loads in ONNX Runtime and runs on a real photo: a bundle that cannot run is not written."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from builder.models.registry import family_of
-    from builder.quantize.calibration import HELD_OUT_PHOTOS, builtin_photos, fitted
-
-    height, width = result.input_shape[2:]
-    [image] = fitted(builtin_photos(HELD_OUT_PHOTOS[:1]), (height, width), family_of(result.model).preprocessing)
-    batch = result.input_shape[0] if isinstance(result.input_shape[0], int) else 1
-    images = np.repeat(image, batch, axis=0)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    session.run(None, {result.input_name: images})
 
 
 def template_context(spec: BundleSpec, result, class_names: list[str], model_file: str, stage_versions: dict) -> dict:

@@ -24,7 +24,6 @@ def export(model_or_name: Any, output: str | pathlib.Path, **options: Any):
 
     from builder.exporting.onnx_file import check_destination
     from builder.models.base import Detector
-    from builder.models.registry import build
 
     check_destination(pathlib.Path(output))
     custom_pre = options.pop("preprocessing", True)
@@ -55,10 +54,39 @@ def export(model_or_name: Any, output: str | pathlib.Path, **options: Any):
         raise UserError("quantization needs builder's own postprocessing (or none): a custom postprocessing "
                         "module cannot be checked against FP32")
     if model is None:
-        model = build(spec.model, num_classes=spec.num_classes, checkpoint_path=spec.weights)
+        model = load_model(spec)
     return export_model(model, pathlib.Path(output), spec,
                         custom_pre if isinstance(custom_pre, torch.nn.Module) else None,
                         custom_post if isinstance(custom_post, torch.nn.Module) else None, loader)
+
+
+def load_model(spec: ExportSpec):
+    """The spec's variant with its weights (random, seeded, when it names none)."""
+    from builder.models.registry import build
+
+    return build(spec.model, num_classes=spec.num_classes, checkpoint_path=spec.weights)
+
+
+def sample_input(variant: str, size: tuple[int, int]):
+    """One real photo (held out from calibration) resized as `variant` was trained: uint8 RGB [1, 3, H, W]."""
+    from builder.models.registry import family_of
+    from builder.quantize.calibration import HELD_OUT_PHOTOS, builtin_photos, fitted
+
+    [image] = fitted(builtin_photos(HELD_OUT_PHOTOS[:1]), size, family_of(variant).preprocessing)
+    return image
+
+
+def smoke_run(model_path: pathlib.Path, result) -> None:
+    """The model loads in ONNX Runtime and runs on a real photo: a bundle that cannot run is not written."""
+    import numpy as np
+    import onnxruntime as ort
+
+    batch = result.input_shape[0] if isinstance(result.input_shape[0], int) else 1
+    images = np.repeat(sample_input(result.model, tuple(result.input_shape[2:])), batch, axis=0)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {result.input_name: images})
 
 
 def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None, custom_post=None, loader=None,

@@ -46,9 +46,8 @@ def stage_request(spec: ExportSpec, engine: Optional[dict] = None) -> dict:
 
 def run_stage(request: dict, output: pathlib.Path) -> None:
     """The stage's work, in this process: export and smoke-run the model, describe it in stage.json."""
-    from builder.bundling.build import load_model, smoke_run
     from builder.bundling.manifest import toolchain_versions
-    from builder.exporting import export_model
+    from builder.exporting import export_model, load_model, smoke_run
     from builder.errors import UserError
     from builder.files import atomic_file
 

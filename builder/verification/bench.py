@@ -93,13 +93,9 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
 
 
 def _input_image(manifest: dict) -> np.ndarray:
-    from builder.models.registry import family_of
-    from builder.quantize.calibration import HELD_OUT_PHOTOS, builtin_photos, fitted
+    from builder.exporting import sample_input
 
-    height, width = manifest["signature"]["inputs"][0]["shape"][2:]
-    [image] = fitted(builtin_photos(HELD_OUT_PHOTOS[:1]), (height, width),
-                     family_of(manifest["model"]["variant"]).preprocessing)
-    return image
+    return sample_input(manifest["model"]["variant"], tuple(manifest["signature"]["inputs"][0]["shape"][2:]))
 
 
 def _most_per_request(folder: pathlib.Path, manifest: dict, url: Optional[str]) -> Optional[int]:
@@ -126,10 +122,10 @@ def _triton_runner(manifest: dict, url: str, protocol: str):
         request.set_data_from_numpy(batch)
         return local.client.infer(manifest["name"], [request], model_version=str(manifest["version"]))
 
+    shape = manifest["signature"]["inputs"][0]["shape"]
+    probe = [1 if isinstance(shape[0], str) else shape[0], *shape[1:]]  # a dynamic batch: one image
     try:
-        run(np.zeros((1,) + tuple(manifest["signature"]["inputs"][0]["shape"][1:]), np.uint8)
-            if isinstance(manifest["signature"]["inputs"][0]["shape"][0], str) else
-            np.zeros(manifest["signature"]["inputs"][0]["shape"], np.uint8))
+        run(np.zeros(probe, np.uint8))
     except Exception as e:  # tritonclient raises its own and socket errors
         raise UserError(f"cannot run '{manifest['name']}' on Triton at {url}: {str(e).splitlines()[0][:200]}") from None
     return run

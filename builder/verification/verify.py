@@ -103,9 +103,9 @@ def _ratio(part: int, whole: int) -> float:
 
 def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Optional[str] = None,
            url: Optional[str] = None, protocol: str = "http", count: int = DEFAULT_IMAGE_COUNT) -> VerifyResult:
-    from builder.bundling.build import load_model
     from builder.bundling.manifest import check_files
     from builder.bundling.spec import BundleSpec, read_spec_file
+    from builder.exporting import load_model
     from builder.images import fit_to_input
     from builder.quantize.report import match_pairs
     from builder.verification.reference import reference_detections
@@ -193,11 +193,10 @@ def _images(folder: Optional[str], count: int) -> list[tuple[str, pathlib.Path]]
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from builder.quantize.calibration import read_image
 
     try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        return read_image(path)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read image '{path}': {e}") from None
 
