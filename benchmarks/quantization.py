@@ -42,6 +42,51 @@ class Row:
         return self.path.stat().st_size / 1e6
 
 
+@dataclass
+class Subject:
+    """The weights one variant is benchmarked on, the images its INT8 export calibrates on and is judged on."""
+
+    variant: str
+    model: object
+    description: str
+    timing_image: np.ndarray  # uint8 RGB [1, 3, H, W]
+    options: dict  # export options of the quantized rows: calibration and report images
+    truth: list | None = None  # held-out scenes with ground truth, for trained weights
+
+
+def lively_subject(variant: str, args) -> Subject:
+    import torch
+
+    from builder.images import to_network_input
+    from builder.models.registry import family_of
+    from reference_weights import lively_model
+
+    prep = family_of(variant).preprocessing
+    batch = builtin_batch(prep)
+    model = lively_model(variant, torch.from_numpy(to_network_input(batch, prep)), count=args.count)
+    return Subject(variant, model, f"synthetic weights with >= {args.count} scores per built-in photo above the "
+                   f"threshold", batch[:1], {})  # astronaut, as in the latency benchmark
+
+
+def trained_subject(variant: str, checkpoint: pathlib.Path, args, workdir: pathlib.Path) -> Subject:
+    """Weights trained on shape scenes (train_shapes.py): calibration on training-like scenes, the report on
+    scenes drawn on the held-out photos, which neither training nor calibration saw."""
+    from builder.models.registry import build
+    from shapes import scenes, write_scenes
+
+    model = build(variant, checkpoint_path=str(checkpoint))
+    calibration = write_scenes(workdir / f"{variant}_calibration",
+                               scenes(args.calibration_count or 64, 1000, SIZE, held_out=False, objects=(2, 12)))
+    held_out = scenes(args.held_out, 2000, SIZE, held_out=True, objects=(2, 12))
+    folder = write_scenes(workdir / f"{variant}_held_out", held_out)
+    options = {"report_images": str(folder)}
+    if args.calibration_images is None:
+        options["calibration_images"] = str(calibration)
+    return Subject(variant, model, f"weights trained on shape scenes ({checkpoint.name}); report on "
+                   f"{len(held_out)} held-out scenes", held_out[0].image.transpose(2, 0, 1)[None].copy(),
+                   options, held_out)
+
+
 def builtin_batch(prep) -> np.ndarray:
     """All seven built-in photos, uint8 RGB NCHW: the lively weights' batch norms and scores are set on them,
     so the photos held out from calibration get detections too."""
@@ -71,18 +116,9 @@ def int8_options(args) -> dict:
             for flag, option in names.items() if (value := getattr(args, flag)) is not None}
 
 
-def export_all(variant: str, args, workdir: pathlib.Path) -> list[Row]:
-    import torch
-
+def export_all(subject: Subject, args, workdir: pathlib.Path) -> list[Row]:
     import builder
-    from builder.images import to_network_input
-    from builder.models.registry import family_of
     from builder.quantize.apply import KEEP_CLASS_CONVS_FLOAT as default_keep
-    from reference_weights import lively_model
-
-    prep = family_of(variant).preprocessing
-    x = torch.from_numpy(to_network_input(builtin_batch(prep), prep))
-    model = lively_model(variant, x, count=args.count)
 
     exports = [("fp32", default_keep), ("fp16", default_keep), ("int8", default_keep)]
     if args.both_prediction_convs:
@@ -90,12 +126,16 @@ def export_all(variant: str, args, workdir: pathlib.Path) -> list[Row]:
     rows = []
     for i, (precision, keep_float) in enumerate(exports):
         label = f"int8, class convs {'float32' if keep_float else 'int8'}" if precision == "int8" else precision
-        path = workdir / f"{variant}_{i}_{precision}.onnx"
-        options = int8_options(args) if precision == "int8" else {}
+        path = workdir / f"{subject.variant}_{i}_{precision}.onnx"
+        options = {}
+        if precision != "fp32":
+            options = {"report_images": subject.options["report_images"]} if "report_images" in subject.options else {}
+        if precision == "int8":
+            options = {**int8_options(args), **subject.options}
         start = time.perf_counter()
         try:
             with prediction_convs_float(keep_float):
-                result = builder.export(model, path, precision=precision, input_image_shape=SIZE, **options)
+                result = builder.export(subject.model, path, precision=precision, input_image_shape=SIZE, **options)
         except Exception as e:  # one broken precision should not hide the others' numbers
             if precision == "fp32":
                 raise
@@ -105,32 +145,50 @@ def export_all(variant: str, args, workdir: pathlib.Path) -> list[Row]:
     return rows
 
 
-def benchmark(variant: str, args, workdir: pathlib.Path) -> None:
-    from builder.models.registry import family_of
+def against_truth(path: pathlib.Path, truth: list) -> dict:
+    """The FP32 export's detections on the held-out scenes against their ground truth boxes."""
+    from builder.quantize.report import match
 
-    rows = export_all(variant, args, workdir)
-    image = builtin_batch(family_of(variant).preprocessing)[:1]  # astronaut, as in the latency benchmark
+    session = open_session(path)
+    matched = found = objects = 0
+    for scene in truth:
+        num, boxes, scores, classes = session.run(None, {"images": scene.image.transpose(2, 0, 1)[None].copy()})
+        detections = [(float(scores[0, i]), int(classes[0, i]), boxes[0, i]) for i in range(int(num[0, 0]))]
+        reference = [(1.0, int(c), box) for box, c in zip(scene.boxes, scene.classes)]
+        matched += len(match(reference, detections))
+        found += len(detections)
+        objects += len(reference)
+    return {"recall": matched / max(objects, 1), "precision": matched / max(found, 1), "objects": objects,
+            "detections": found}
+
+
+def benchmark(subject: Subject, args, workdir: pathlib.Path) -> None:
+    rows = export_all(subject, args, workdir)
     feeds = {}
     for row in rows:
         if row.error is None:
             session = open_session(row.path)
-            feeds[row.label] = (session, {session.get_inputs()[0].name: image})
+            feeds[row.label] = (session, {session.get_inputs()[0].name: subject.timing_image})
     timings = time_sessions(feeds, args.warmup, args.runs)
     for row in rows:
         row.timings_ms = timings.get(row.label)
 
-    print(f"\n### {variant}: {SIZE[0]}x{SIZE[1]}, batch 1, ORT CPU 2 threads, median of {args.runs} runs after "
-          f"{args.warmup} warm-ups; lively weights with >= {args.count} scores per photo above the threshold\n")
+    print(f"\n### {subject.variant}: {SIZE[0]}x{SIZE[1]}, batch 1, ORT CPU 2 threads, median of {args.runs} runs "
+          f"after {args.warmup} warm-ups; {subject.description}\n")
     print_results(rows)
     print()
+    if subject.truth is not None:
+        t = against_truth(rows[0].path, subject.truth)
+        print(f"- fp32 against the ground truth of the held-out scenes: recall {t['recall']:.3f}, precision "
+              f"{t['precision']:.3f} ({t['objects']} objects, {t['detections']} detections)")
     for row in rows[1:]:
         if row.error is not None:
             print(f"- {row.label}: export failed: {row.error.splitlines()[0][:300]}")
             continue
         held_out = row.report["held_out"]["images"]
         detail = row.report.get("calibration", {}).get("description", "no calibration")
-        print(f"- {row.label}: agreement on {len(held_out)} held-out photos ({', '.join(held_out)}); "
-              f"calibration: {detail}")
+        shown = ", ".join(held_out) if len(held_out) <= 8 else f"{held_out[0]} ... {held_out[-1]}"
+        print(f"- {row.label}: agreement on {len(held_out)} held-out images ({shown}); calibration: {detail}")
 
 
 def print_results(rows: list[Row]) -> None:
@@ -173,6 +231,12 @@ def parse_args(argv: list[str] | None = None):
                              "default (quantized or left float32)")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
                         help=f"(anchor, class) scores per photo above the threshold (default {DEFAULT_COUNT})")
+    parser.add_argument("--weights", action="append", default=[], metavar="VARIANT=CHECKPOINT",
+                        help="trained weights of a variant (train_shapes.py): INT8 calibrates on shape scenes and "
+                             "the report compares on scenes drawn on the held-out photos; other variants get "
+                             "synthetic weights")
+    parser.add_argument("--held-out", type=int, default=32, metavar="N",
+                        help="held-out scenes for trained weights (default 32)")
     parser.add_argument("--workdir", type=pathlib.Path, help="keep the exported ONNX files here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.count < 1:
@@ -181,6 +245,13 @@ def parse_args(argv: list[str] | None = None):
         parser.error("--calibration-count: at least 32, or the INT8 row measures too small a calibration set")
     if args.calibration_images is not None and not args.calibration_images.is_dir():
         parser.error(f"--calibration-images '{args.calibration_images}': no such folder")
+    checkpoints = {}
+    for item in args.weights:
+        variant, _, path = item.partition("=")
+        if not path or not pathlib.Path(path).is_file():
+            parser.error(f"--weights '{item}': give VARIANT=CHECKPOINT with an existing file")
+        checkpoints[variant] = pathlib.Path(path)
+    args.checkpoints = checkpoints
     return args
 
 
@@ -190,7 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         workdir = args.workdir or pathlib.Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for variant in args.models:
-            benchmark(variant, args, workdir)
+            if variant in args.checkpoints:
+                subject = trained_subject(variant, args.checkpoints[variant], args, workdir)
+            else:
+                subject = lively_subject(variant, args)
+            benchmark(subject, args, workdir)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ EXPORT_FLAGS = (
     ("--calibration-images", "calibration_images", "folder"),
     ("--calibration-count", "calibration_count", int),
     ("--calibration-method", "calibration_method", "choice"),
+    ("--report-images", "report_images", "folder"),
 )
 
 

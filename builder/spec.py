@@ -36,6 +36,7 @@ class ExportSpec(BaseModel):
     calibration_images: Optional[str] = Field(None, description="Folder of images for INT8 calibration. Default: builder's built-in photos (with a warning).")
     calibration_count: int = Field(64, ge=1, description="How many calibration images to use.")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How INT8 activation ranges are chosen from the calibration images.")
+    report_images: Optional[str] = Field(None, description="Folder of held-out images (not the calibration ones) on which the FP16/INT8 accuracy report compares against FP32. Default: builder's built-in photos.")
 
     @field_validator("input_image_shape")
     @classmethod
@@ -52,6 +53,8 @@ class ExportSpec(BaseModel):
             raise ValueError("output_predictions_format only applies with postprocessing: drop one of them")
         if self.calibration_images is not None and self.precision != "int8":
             raise ValueError("calibration_images only apply to precision int8")
+        if self.report_images is not None and self.precision == "fp32":
+            raise ValueError("report_images only apply to precision fp16 or int8 (the report compares against fp32)")
         if not self.postprocessing and self.engine != "onnxruntime":
             raise ValueError("engine selects the NMS flavour; without postprocessing there is none")
         return self

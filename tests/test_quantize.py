@@ -238,6 +238,39 @@ def test_int8_calibrates_on_a_folder_and_holds_out_every_built_in_photo(model, t
     assert "skipping broken.jpg" in caplog.text and "only 3 images" in caplog.text
 
 
+def test_report_images_are_the_held_out_set_and_never_the_calibration_folder(model, tmp_path, caplog):
+    from PIL import Image
+
+    calibration, held_out = tmp_path / "calib", tmp_path / "held_out"
+    for folder, names in ((calibration, ["astronaut", "rocket", "china"]), (held_out, ["grace_hopper", "coffee"])):
+        folder.mkdir()
+        for name, image in builtin_photos(names):
+            Image.fromarray(image).save(folder / f"{name}.png")
+    result = builder.export(model, tmp_path / "q.onnx", input_image_shape=SIZE, precision="int8",
+                            calibration_images=str(calibration), calibration_count=3, report_images=str(held_out))
+    report = result.accuracy_report
+    assert report["held_out"]["images"] == ["coffee.png", "grace_hopper.png"]
+    assert report["held_out"]["source"] == f"'{held_out}'"
+    # the recount on exactly those two images
+    recount = builder.export(model, tmp_path / "r.onnx", input_image_shape=SIZE, precision="fp16",
+                             report_images=str(held_out)).accuracy_report
+    assert recount["detections"]["reference_detections"] == report["detections"]["reference_detections"]
+    assert [i["image"] for i in recount["detections"]["per_image"]] == ["coffee.png", "grace_hopper.png"]
+    with pytest.raises(UserError, match="the report images are the calibration images"):
+        builder.export(model, tmp_path / "s.onnx", input_image_shape=SIZE, precision="int8",
+                       calibration_images=str(calibration), report_images=str(calibration) + "/")
+    assert not (tmp_path / "s.onnx").exists()
+
+
+def test_a_report_on_few_detections_says_so(tmp_path, caplog):
+    # seeded random weights: nearly nothing passes the threshold on the built-in photos
+    with caplog.at_level("WARNING", logger="builder"):
+        result = builder.export("ppyoloe_s", tmp_path / "q.onnx", input_image_shape=(96, 96), precision="fp16")
+    found = result.accuracy_report["detections"]["reference_detections"]
+    assert found < 20 and f"the accuracy report rests on {found} FP32 detection" in caplog.text
+    assert "--report-images DIR" in caplog.text
+
+
 def test_int8_without_images_warns_and_uses_the_built_in_photos(model, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="builder"):
         builder.export(model, tmp_path / "q.onnx", input_image_shape=SIZE, quantization_mode="int8", calibration_count=6)
@@ -258,6 +291,8 @@ def test_int8_accepts_a_dataloader_in_training_normalisation(model, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(calibration_images="/no/such/folder", precision="int8"), "does not exist"),
     (dict(calibration_images="x", precision="fp16"), "calibration_images only apply to precision int8"),
+    (dict(report_images="x"), "report_images only apply to precision fp16 or int8"),
+    (dict(report_images="/no/such/folder", precision="fp16"), "images folder '/no/such/folder' does not exist"),
     (dict(quantization_mode="int4"), "invalid quantization_mode"),
     (dict(calibration_loader=[torch.zeros(1, 3, 64, 64)], quantization_mode="int8"), "yields 64x64 images"),
 ])

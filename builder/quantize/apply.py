@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from builder.files import atomic_file
+from builder.log import warn
 from builder.models.base import Preprocessing
 from builder.spec import ExportSpec
 
@@ -17,6 +18,8 @@ from builder.spec import ExportSpec
 # distribution averages the grid away (0.02-0.2 px mean box error), and they are half the head's cost
 # (PP-YOLOE S: 1.74x -> 2.0x over FP32; the same recall).
 KEEP_CLASS_CONVS_FLOAT = True
+#: fewer FP32 detections than this on the held-out images make the agreement numbers noise: warn
+FEW_DETECTIONS = 20
 
 
 def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing, size: tuple[int, int],
@@ -39,8 +42,14 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
         if spec.engine == "onnxruntime":
             encode_activations_uint8(quantized)
     builtin = calibration is not None and spec.calibration_images is None and loader is None
-    held_out = held_out_images(size, prep, calibrated_on_builtin=builtin)
+    held_out = held_out_images(size, prep, calibrated_on_builtin=builtin, folder=spec.report_images,
+                               calibration_folder=spec.calibration_images)
     report = accuracy_report(graph, quantized, held_out, spec, settings)
+    found = report["detections"]["reference_detections"]
+    if found < FEW_DETECTIONS:
+        hint = "" if spec.report_images else ": give held-out images of the model's own domain (--report-images DIR)"
+        warn(f"the accuracy report rests on {found} FP32 detection{'s' * (found != 1)} in {len(held_out.batches)} "
+             f"held-out images{hint}")
     if calibration is not None:
         report["calibration"] = {"source": calibration.source, "images": len(calibration.batches),
                                  "augmented": calibration.augmented, "method": spec.calibration_method,

@@ -49,7 +49,7 @@ def folder_photos(folder: str | pathlib.Path, count: int) -> list[tuple[str, np.
     """Up to `count` images of a folder (sorted by name, so runs repeat); unreadable files are skipped with a warning."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
-        raise UserError(f"calibration images folder '{folder}' does not exist")
+        raise UserError(f"images folder '{folder}' does not exist")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     photos = []
     for path in files:
@@ -104,9 +104,20 @@ def calibration_images(size: tuple[int, int], prep: Preprocessing, count: int, f
                     augmented=max(0, len(photos) - len(CALIBRATION_PHOTOS)))
 
 
-def held_out_images(size: tuple[int, int], prep: Preprocessing, calibrated_on_builtin: bool) -> ImageSet:
-    """Real photos the calibration never saw: the held-out built-in photos, or all of them when the
-    calibration came from the user."""
+#: at most this many images of a report folder are compared (sorted by name)
+REPORT_IMAGE_LIMIT = 256
+
+
+def held_out_images(size: tuple[int, int], prep: Preprocessing, calibrated_on_builtin: bool,
+                    folder: str | None = None, calibration_folder: str | None = None) -> ImageSet:
+    """Images the calibration never saw: the user's report folder, else the held-out built-in photos (all
+    of them when the calibration came from the user)."""
+    if folder is not None:
+        if calibration_folder is not None and pathlib.Path(folder).resolve() == pathlib.Path(calibration_folder).resolve():
+            raise UserError("the report images are the calibration images: give a folder of held-out images, or "
+                            "leave --report-images out")
+        photos = folder_photos(folder, REPORT_IMAGE_LIMIT)
+        return ImageSet(fitted(photos, size, prep), f"'{folder}'", [n for n, _ in photos])
     names = HELD_OUT_PHOTOS if calibrated_on_builtin else CALIBRATION_PHOTOS + HELD_OUT_PHOTOS
     photos = builtin_photos(names)
     return ImageSet(fitted(photos, size, prep), "builder's built-in photos (not used for calibration)",

@@ -2,7 +2,7 @@
 
 The container runs as the calling user's uid:gid, with no network, no capabilities, a read-only root
 filesystem (a tmpfs /tmp), and only what the stage needs mounted at the same absolute paths as on the
-host: the spec (read-only), the weights (read-only), the calibration images (read-only) and the output
+host: the spec (read-only), the weights (read-only), the calibration and report images (read-only) and the output
 folder. Its log streams to stderr as it comes; its exit code and last error line come back; Ctrl-C or
 the timeout stops and removes it.
 """
@@ -152,8 +152,9 @@ class DockerRunner:
         paths = []
         if spec.weights is not None and pathlib.Path(spec.weights).expanduser().exists():
             paths.append((pathlib.Path(spec.weights).expanduser().resolve(), "ro"))
-        if spec.calibration_images is not None:
-            paths.append((pathlib.Path(spec.calibration_images).resolve(), "ro"))
+        for folder in (spec.calibration_images, spec.report_images):
+            if folder is not None:
+                paths.append((pathlib.Path(folder).resolve(), "ro"))
         return paths
 
     def _follow(self, container) -> tuple[int, list[str]]:
