@@ -313,7 +313,7 @@ def test_cli_int8_with_a_calibration_folder_prints_the_report_and_shows_progress
                            "--precision", "int8", "--calibration-images", str(folder), "--calibration-count", "2",
                            "--output", str(tmp_path / "q.onnx")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "precision: int8; int8 vs fp32 on 7 held-out photos: recall" in proc.stdout
+    assert "precision: int8; int8 vs fp32 on 7 held-out images: recall" in proc.stdout
     assert "calibrating" in proc.stderr and "2/2" in proc.stderr
     assert (tmp_path / "q.accuracy.json").exists()
 

@@ -29,7 +29,7 @@ class ExportResult:
     num_classes: Optional[int] = None
     spec: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
-    #: for fp16/int8: agreement with FP32 on held-out photos (also written next to the model as JSON)
+    #: for fp16/int8: agreement with FP32 on held-out images (also written next to the model as JSON)
     accuracy_report: Optional[dict[str, Any]] = None
 
     @property

@@ -1,4 +1,4 @@
-"""The accuracy cost of a quantized export, measured against FP32 on held-out real photos."""
+"""The accuracy cost of a quantized export, measured against FP32 on held-out real images."""
 from __future__ import annotations
 
 import numpy as np
@@ -71,7 +71,7 @@ def summary(report: dict) -> str:
     d = report["detections"]
     verdict = "meets" if report["meets_target"] else "BELOW"
     iou = f"{d['mean_iou']:.3f}" if d["mean_iou"] is not None else "n/a"
-    return (f"{report['precision']} vs fp32 on {len(d['per_image'])} held-out photos: recall {d['recall']:.3f}, "
+    return (f"{report['precision']} vs fp32 on {len(d['per_image'])} held-out images: recall {d['recall']:.3f}, "
             f"precision {d['precision']:.3f}, mean IoU {iou} ({d['matched']}/{d['reference_detections']} matched; "
             f"{verdict} the {report['target_recall']} recall target); max relative error: scores "
             f"{report['raw']['scores_max_relative_error']:.2e}, boxes {report['raw']['boxes_max_relative_error']:.2e}")
