@@ -14,9 +14,10 @@ from builder.spec import ExportSpec
 
 # The last convolutions emit the class logits and the box distributions. The class-logit convolutions stay
 # float: quantized, their outputs get an int8 grid (a logit range of ~30 in steps of ~0.25), which moves
-# scores across the threshold. The box convolutions are quantized: the softmax over each side's
-# distribution averages the grid away (0.02-0.2 px mean box error), and they are half the head's cost
-# (PP-YOLOE S: 1.74x -> 2.0x over FP32; the same recall).
+# scores across the threshold (on weights trained on shape scenes, YOLO-NAS S recall against FP32 drops
+# from 0.961 to 0.938 with no gain in speed; benchmarks/README.md). The box convolutions are quantized: the
+# softmax over each side's distribution averages the grid away (0.02-0.2 px mean box error), and they are
+# half the head's cost (PP-YOLOE S: 1.74x -> 2.0x over FP32; the same recall).
 KEEP_CLASS_CONVS_FLOAT = True
 #: fewer FP32 detections than this on the held-out images make the agreement numbers noise: warn
 FEW_DETECTIONS = 20
