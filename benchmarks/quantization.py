@@ -50,7 +50,8 @@ class Subject:
     model: object
     description: str
     timing_image: np.ndarray  # uint8 RGB [1, 3, H, W]
-    options: dict  # export options of the quantized rows: calibration and report images
+    report_images: str | None = None  # the FP16/INT8 reports' held-out folder (default: builder's photos)
+    calibration_images: str | None = None  # the INT8 calibration folder, unless --calibration-images names one
     truth: list | None = None  # held-out scenes with ground truth, for trained weights
 
 
@@ -65,7 +66,7 @@ def lively_subject(variant: str, args) -> Subject:
     batch = builtin_batch(prep)
     model = lively_model(variant, torch.from_numpy(to_network_input(batch, prep)), count=args.count)
     return Subject(variant, model, f"synthetic weights with >= {args.count} scores per built-in photo above the "
-                   f"threshold", batch[:1], {})  # astronaut, as in the latency benchmark
+                   f"threshold", batch[:1])  # astronaut, as in the latency benchmark
 
 
 def trained_subject(variant: str, checkpoint: pathlib.Path, args, workdir: pathlib.Path) -> Subject:
@@ -75,16 +76,14 @@ def trained_subject(variant: str, checkpoint: pathlib.Path, args, workdir: pathl
     from shapes import scenes, write_scenes
 
     model = build(variant, checkpoint_path=str(checkpoint))
-    calibration = write_scenes(workdir / f"{variant}_calibration",
-                               scenes(args.calibration_count or 64, 1000, SIZE, held_out=False, objects=(2, 12)))
+    calibration = None
+    if args.calibration_images is None:
+        calibration = str(write_scenes(workdir / f"{variant}_calibration", scenes(
+            args.calibration_count or 64, 1000, SIZE, held_out=False, objects=(2, 12))))
     held_out = scenes(args.held_out, 2000, SIZE, held_out=True, objects=(2, 12))
     folder = write_scenes(workdir / f"{variant}_held_out", held_out)
-    options = {"report_images": str(folder)}
-    if args.calibration_images is None:
-        options["calibration_images"] = str(calibration)
     return Subject(variant, model, f"weights trained on shape scenes ({checkpoint.name}); report on "
-                   f"{len(held_out)} held-out scenes", held_out[0].image.transpose(2, 0, 1)[None].copy(),
-                   options, held_out)
+                   f"{len(held_out)} held-out scenes", held_out[0].nchw, str(folder), calibration, held_out)
 
 
 def builtin_batch(prep) -> np.ndarray:
@@ -128,10 +127,12 @@ def export_all(subject: Subject, args, workdir: pathlib.Path) -> list[Row]:
         label = f"int8, class convs {'float32' if keep_float else 'int8'}" if precision == "int8" else precision
         path = workdir / f"{subject.variant}_{i}_{precision}.onnx"
         options = {}
-        if precision != "fp32":
-            options = {"report_images": subject.options["report_images"]} if "report_images" in subject.options else {}
+        if precision != "fp32" and subject.report_images is not None:
+            options["report_images"] = subject.report_images
         if precision == "int8":
-            options = {**int8_options(args), **subject.options}
+            options.update(int8_options(args))
+            if subject.calibration_images is not None:
+                options["calibration_images"] = subject.calibration_images
         start = time.perf_counter()
         try:
             with prediction_convs_float(keep_float):
@@ -147,19 +148,12 @@ def export_all(subject: Subject, args, workdir: pathlib.Path) -> list[Row]:
 
 def against_truth(path: pathlib.Path, truth: list) -> dict:
     """The FP32 export's detections on the held-out scenes against their ground truth boxes."""
-    from builder.quantize.report import match
+    from builder.quantize.report import agreement
+    from builder.verification.runtime import detections_of
 
     session = open_session(path)
-    matched = found = objects = 0
-    for scene in truth:
-        num, boxes, scores, classes = session.run(None, {"images": scene.image.transpose(2, 0, 1)[None].copy()})
-        detections = [(float(scores[0, i]), int(classes[0, i]), boxes[0, i]) for i in range(int(num[0, 0]))]
-        reference = [(1.0, int(c), box) for box, c in zip(scene.boxes, scene.classes)]
-        matched += len(match(reference, detections))
-        found += len(detections)
-        objects += len(reference)
-    return {"recall": matched / max(objects, 1), "precision": matched / max(found, 1), "objects": objects,
-            "detections": found}
+    found = [detections_of(session.run(None, {"images": scene.nchw}), "batch") for scene in truth]
+    return agreement([scene.truth for scene in truth], found, [f"scene{i}" for i in range(len(truth))])
 
 
 def benchmark(subject: Subject, args, workdir: pathlib.Path) -> None:
@@ -180,7 +174,7 @@ def benchmark(subject: Subject, args, workdir: pathlib.Path) -> None:
     if subject.truth is not None:
         t = against_truth(rows[0].path, subject.truth)
         print(f"- fp32 against the ground truth of the held-out scenes: recall {t['recall']:.3f}, precision "
-              f"{t['precision']:.3f} ({t['objects']} objects, {t['detections']} detections)")
+              f"{t['precision']:.3f} ({t['reference_detections']} objects, {t['quantized_detections']} detections)")
     for row in rows[1:]:
         if row.error is not None:
             print(f"- {row.label}: export failed: {row.error.splitlines()[0][:300]}")

@@ -23,6 +23,16 @@ class Scene:
     boxes: np.ndarray  # float32 [n, 4], x1 y1 x2 y2 in pixels
     classes: np.ndarray  # int64 [n], indices into SHAPES
 
+    @property
+    def truth(self) -> list[tuple]:
+        """The objects as (score, class, box) detections of score 1, the form builder's matching takes."""
+        return [(1.0, int(c), box) for box, c in zip(self.boxes, self.classes)]
+
+    @property
+    def nchw(self) -> np.ndarray:
+        """The image as a uint8 RGB [1, 3, H, W] network input."""
+        return self.image.transpose(2, 0, 1)[None].copy()
+
 
 def background(rng: np.random.Generator, photos: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """A random crop (30-100% of each side) of a random photo, resized to `size`, maybe mirrored and dimmed."""

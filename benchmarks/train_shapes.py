@@ -136,26 +136,17 @@ class EMA:
 
 
 @torch.no_grad()
-def evaluate(model, items: list[Scene], prep, confidence: float, iou: float) -> dict:
-    """Recall and precision against the scenes' ground truth (same class, IoU >= 0.5) after NMS."""
-    from builder.quantize.report import match
-    from builder.verification.reference import nms_per_class
+def evaluate(model, items: list[Scene], confidence: float, iou: float) -> dict:
+    """Recall and precision against the scenes' ground truth (same class, IoU >= 0.5), detections as the
+    export computes them (builder's PyTorch reference: top-k candidates, threshold, class-aware NMS)."""
+    from builder.quantize.report import agreement
+    from builder.verification.reference import reference_detections
 
     model.eval()
-    x, _, _, _ = batch_of(items, prep)
-    boxes, scores = model(x)
-    found = matched = truth = 0
-    for i, scene in enumerate(items):
-        best, cls = scores[i].max(-1)
-        keep = best >= confidence
-        b, s, c = boxes[i][keep].numpy(), best[keep].numpy(), cls[keep].numpy()
-        kept = nms_per_class(b, s, c, iou)
-        detections = [(float(s[k]), int(c[k]), b[k]) for k in kept]
-        reference = [(1.0, int(k), box) for box, k in zip(scene.boxes, scene.classes)]
-        matched += len(match(reference, detections))
-        found += len(detections)
-        truth += len(reference)
-    return {"recall": matched / max(truth, 1), "precision": matched / max(found, 1), "objects": truth}
+    settings = {"pre_nms_top_k": 1000, "confidence_threshold": confidence, "iou_threshold": iou,
+                "max_detections": 1000}
+    found = [reference_detections(model, scene.nchw, settings) for scene in items]
+    return agreement([scene.truth for scene in items], found, [f"scene{i}" for i in range(len(items))])
 
 
 def train(variant: str, steps: int, batch: int, size: int, lr: float, seed: int, log_every: int = 50):
@@ -191,8 +182,7 @@ def train(variant: str, steps: int, batch: int, size: int, lr: float, seed: int,
         ema.update(model)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             elapsed = time.perf_counter() - start
-            quality = evaluate(ema.model, validation, family.preprocessing, family.default_confidence,
-                               family.default_iou)
+            quality = evaluate(ema.model, validation, family.default_confidence, family.default_iou)
             print(f"step {step + 1}/{steps}  loss {loss.item() / batch:.3f} (box {parts['box']:.3f} cls "
                   f"{parts['cls']:.3f} dfl {parts['dfl']:.3f}, {parts['positives']} positives)  held-out recall "
                   f"{quality['recall']:.3f} precision {quality['precision']:.3f}  "

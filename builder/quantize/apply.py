@@ -66,6 +66,7 @@ def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held
                     settings: dict) -> dict:
     from builder.exporting.graphs import RAW_OUTPUTS, keep_outputs, with_postprocessing
     from builder.quantize import report as metrics
+    from builder.verification.runtime import detections_of
 
     # detections always through ONNX NonMaxSuppression in batch format, whatever the deployed flavour
     runnable = spec.model_copy(update={"postprocessing": True, "output_predictions_format": "batch",
@@ -79,7 +80,8 @@ def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held
         "held_out": {"source": held_out.source, "images": held_out.names},
         "raw": metrics.raw_errors((np.concatenate([r[0] for r in raw_ref]), np.concatenate([r[1] for r in raw_ref])),
                                   (np.concatenate([r[0] for r in raw_q]), np.concatenate([r[1] for r in raw_q]))),
-        "detections": metrics.agreement([_detections(o) for o in det_ref], [_detections(o) for o in det_q],
+        "detections": metrics.agreement([detections_of(o, "batch") for o in det_ref],
+                                        [detections_of(o, "batch") for o in det_q],
                                         held_out.names),
         "target_recall": metrics.TARGET_RECALL[spec.precision],
         "thresholds": {"confidence": settings["conf"], "iou": settings["iou"], "match_iou": metrics.MATCH_IOU},
@@ -101,11 +103,6 @@ def _run_all(model: onnx.ModelProto, batches: list[np.ndarray]) -> list[list[np.
         feed = np.repeat(image, batch, axis=0) if isinstance(batch, int) and batch > 1 else image
         out.append([o[:1] for o in session.run(None, {"images": feed})])
     return out
-
-
-def _detections(outputs: list[np.ndarray]) -> list[tuple]:
-    num, boxes, scores, classes = outputs
-    return [(float(scores[0, i]), int(classes[0, i]), boxes[0, i]) for i in range(int(num[0, 0]))]
 
 
 def save_report(report: dict, model_path: pathlib.Path) -> pathlib.Path:
