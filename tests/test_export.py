@@ -15,6 +15,13 @@ from reference_weights import lively_model
 
 SIZE = (320, 320)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+#: How far an exported score may sit from eager PyTorch's. Scores are sigmoids in [0, 1]. ONNX Runtime and
+#: torch sum each convolution's up to 9 * C_in products in different orders, and so do one CPU's kernels
+#: and another's (AVX2 vs AVX-512 block sizes): float32 rounding of ~1e-7 relative per sum, compounded
+#: over ~60 layers, moves logits by up to ~1e-5 * |logit|. Measured worst case 1.1e-5 on an AVX2-only
+#: CPU; 1e-4 covers any x86-64 kernel and is still 100x below any score step that changes a detection
+#: (thresholds and score ranks are compared at 1e-2 and coarser).
+SCORE_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +94,7 @@ def _assert_same_detections(actual, expected):
     assert [len(a) for a in actual] == [len(e) for e in expected]
     for got, want in zip(actual, expected):
         assert [c for _, c, _ in got] == [c for _, c, _ in want]
-        np.testing.assert_allclose([s for s, _, _ in got], [s for s, _, _ in want], atol=2e-5)
+        np.testing.assert_allclose([s for s, _, _ in got], [s for s, _, _ in want], atol=SCORE_ATOL)
         if got:
             np.testing.assert_allclose(np.stack([b for _, _, b in got]), np.stack([b for _, _, b in want]), atol=2e-3)
 
@@ -115,7 +122,7 @@ def test_without_preprocessing_the_input_is_the_normalised_float_tensor(cases, t
     assert result.input_dtype == "float32" and result.input_shape == [4, 3, 320, 320]
     x = to_network_input(images, model.family.preprocessing)
     _, scores = _run(result.output, x)
-    np.testing.assert_allclose(scores, _eager(model, images)[1], atol=1e-5)
+    np.testing.assert_allclose(scores, _eager(model, images)[1], atol=SCORE_ATOL)
 
 
 @pytest.mark.parametrize("variant", ["yolo_nas_s", "ppyoloe_s"])
@@ -250,7 +257,7 @@ def test_custom_pre_and_postprocessing_modules_are_exported(cases, tmp_path):
     result = builder.export(model, tmp_path / "custom.onnx", input_image_shape=SIZE, batch_size=4,
                             preprocessing=Pre(), postprocessing=_Double())
     [best] = _run(result.output, images)
-    np.testing.assert_allclose(best, _eager(model, images)[1].max(axis=2), atol=1e-5)
+    np.testing.assert_allclose(best, _eager(model, images)[1].max(axis=2), atol=SCORE_ATOL)
     assert result.output_predictions_format is None and result.preprocessing_steps == ["custom Pre"]
 
 
