@@ -24,3 +24,38 @@ def test_ci_runs_the_readme_install_and_test_commands_verbatim():
 
 def test_constraints_pin_the_cpu_torch_build():
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
+
+
+def _fresh_clone(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The tracked files as a clone has them (this working tree's versions): no ignored folders like bundles/."""
+    import shutil
+    import subprocess
+
+    clone = tmp_path / "clone"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    return clone
+
+
+def test_the_main_job_runs_verbatim_in_a_fresh_clone(tmp_path):
+    """The quick start's main job, as a new user types it, where no bundles/ folder exists yet."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    _, main_job, _ = _readme_commands()
+    clone = _fresh_clone(tmp_path)
+    assert not (clone / "bundles").exists()
+    argv = shlex.split(main_job)
+    executable = pathlib.Path(sys.executable).parent / argv[0]
+    env = {**os.environ, "PYTHONPATH": str(clone), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([str(executable), *argv[1:]], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr
+    output = clone / argv[argv.index("--output") + 1]
+    assert (output / "manifest.json").is_file() and (output / "client" / "triton_client.py").is_file()
+    assert "Traceback" not in done.stderr

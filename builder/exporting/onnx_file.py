@@ -55,8 +55,9 @@ def check_destination(destination: pathlib.Path) -> pathlib.Path:
         raise UserError(f"output '{destination}' must end in .onnx")
     if destination.is_dir():
         raise UserError(f"output '{destination}' is a directory; give a file name such as model.onnx")
-    if not destination.parent.is_dir():
-        raise UserError(f"output folder '{destination.parent}' does not exist")
+    from builder.files import missing_parents
+
+    missing_parents(destination)  # missing folders are made when the file is written; a file in the way is not
     return destination
 
 

@@ -54,16 +54,18 @@ def export_with_runner(runner, output: str | pathlib.Path, **options):
     import tempfile
 
     from builder.exporting.onnx_file import check_destination
+    from builder.files import parents_made
     from builder.quantize.apply import save_report
 
     output = check_destination(pathlib.Path(output))
     spec = ExportSpec.create(**options)
-    stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".stage", dir=output.resolve().parent))
-    try:
-        outcome = runner.run(spec, stage_dir)
-        os.replace(outcome.model, output)
-    finally:
-        shutil.rmtree(stage_dir, ignore_errors=True)
+    with parents_made(output):
+        stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".stage", dir=output.parent))
+        try:
+            outcome = runner.run(spec, stage_dir)
+            os.replace(outcome.model, output)
+        finally:
+            shutil.rmtree(stage_dir, ignore_errors=True)
     result = dataclasses.replace(outcome.result, output=output.resolve())
     if result.accuracy_report is not None:
         save_report(result.accuracy_report, output)

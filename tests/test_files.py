@@ -1,0 +1,100 @@
+"""Atomic outputs: missing parents made (and removed on failure), destinations never replaced without force."""
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import pytest
+
+from builder.errors import UserError
+from builder.files import atomic_file, rename_no_replace, staged_folder
+
+
+def test_staged_folder_makes_missing_parents_like_mkdir_p(tmp_path):
+    destination = tmp_path / "a" / "b" / "bundle"
+    with staged_folder(destination, force=False) as staging:
+        (staging / "file.txt").write_text("ok")
+    assert (destination / "file.txt").read_text() == "ok"
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["bundle"]
+
+
+def test_a_failed_build_removes_the_parents_it_made_and_nothing_else(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with staged_folder(tmp_path / "kept" / "new" / "deeper" / "bundle", force=False) as staging:
+            (staging / "half.txt").write_text("half")
+            raise RuntimeError("export failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+def test_a_file_in_the_destination_path_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is not a folder"):
+        with staged_folder(tmp_path / "file" / "bundle", force=False):
+            pass
+
+
+def test_a_destination_that_appears_during_the_build_is_left_untouched_without_force(tmp_path):
+    destination = tmp_path / "dest"
+    with pytest.raises(UserError, match="already exists"):
+        with staged_folder(destination, force=False) as staging:
+            (staging / "model.onnx").write_text("new")
+            destination.mkdir()
+            (destination / "precious.txt").write_text("data")
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]
+    assert [p.name for p in destination.iterdir()] == ["precious.txt"]
+
+
+def test_with_force_an_existing_destination_is_replaced_whole(tmp_path):
+    destination = tmp_path / "dest"
+    destination.mkdir()
+    (destination / "old.txt").write_text("old")
+    with staged_folder(destination, force=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]
+    assert [p.name for p in destination.iterdir()] == ["new.txt"]
+
+
+def test_concurrent_forced_builds_end_with_one_complete_bundle(tmp_path):
+    destination = tmp_path / "dest"
+    start = threading.Barrier(4)
+    errors = []
+
+    def build(i):
+        try:
+            with staged_folder(destination, force=True) as staging:
+                for n in range(20):
+                    (staging / f"part{n}.txt").write_text(str(i))
+                start.wait()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    contents = {(destination / f"part{n}.txt").read_text() for n in range(20)}
+    assert len(contents) == 1 and len(list(destination.iterdir())) == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]
+
+
+def test_rename_no_replace_refuses_an_existing_folder(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    with pytest.raises(FileExistsError):
+        rename_no_replace(tmp_path / "src", tmp_path / "dst")
+    rename_no_replace(tmp_path / "src", tmp_path / "moved")
+    assert (tmp_path / "moved").is_dir() and not (tmp_path / "src").exists()
+
+
+def test_atomic_file_makes_parents_and_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(ValueError):
+        with atomic_file(tmp_path / "x" / "y" / "m.onnx") as f:
+            f.write(b"half")
+            raise ValueError
+    assert not any(tmp_path.iterdir())
+    with atomic_file(tmp_path / "x" / "y" / "m.onnx") as f:
+        f.write(b"whole")
+    assert (tmp_path / "x" / "y" / "m.onnx").read_bytes() == b"whole"
