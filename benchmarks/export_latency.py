@@ -41,7 +41,7 @@ def photo_batch(prep) -> np.ndarray:
     """The photos fitted into the input the family's way: uint8 RGB NCHW, the benchmark image first."""
     import skimage.data
 
-    from builder.images import fit_to_input
+    from builder.core.images import fit_to_input
 
     return np.stack([fit_to_input(getattr(skimage.data, n)(), SIZE, prep)[0].transpose(2, 0, 1) for n in PHOTOS])
 
@@ -89,7 +89,7 @@ def benchmark(variant: str, args, workdir: pathlib.Path, sg_onnx: pathlib.Path |
     import torch
 
     import builder
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
     from builder.models.registry import family_of
     from reference_weights import lively_model
 

@@ -52,7 +52,8 @@ def environment() -> dict:
 
 
 def photos(size: int, prep):
-    from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos, fitted
+    from builder.core.images import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos
+    from builder.quantize.calibration import fitted
 
     return np.concatenate(fitted(builtin_photos(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS), (size, size), prep))
 
@@ -83,7 +84,7 @@ def agreement(reference, candidate) -> tuple[float, int, int]:
 def fp16_on_cuda(args) -> None:
     import torch
 
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
     from builder.models.registry import family_of
     from builder.verification.reference import reference_detections
     from reference_weights import lively_model
@@ -121,7 +122,7 @@ def tensorrt_engines(args) -> None:
 
     import builder
     from builder.engines.tensorrt import EngineRunner, build_engine
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
     from builder.models.registry import family_of
     from reference_weights import lively_model
 

@@ -58,7 +58,7 @@ class Subject:
 def lively_subject(variant: str, args) -> Subject:
     import torch
 
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
     from builder.models.registry import family_of
     from reference_weights import lively_model
 
@@ -89,7 +89,8 @@ def trained_subject(variant: str, checkpoint: pathlib.Path, args, workdir: pathl
 def builtin_batch(prep) -> np.ndarray:
     """All seven built-in photos, uint8 RGB NCHW: the lively weights' batch norms and scores are set on them,
     so the photos held out from calibration get detections too."""
-    from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos, fitted
+    from builder.core.images import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos
+    from builder.quantize.calibration import fitted
 
     return np.concatenate(fitted(builtin_photos(CALIBRATION_PHOTOS + HELD_OUT_PHOTOS), SIZE, prep))
 
@@ -149,7 +150,7 @@ def export_all(subject: Subject, args, workdir: pathlib.Path) -> list[Row]:
 def against_truth(path: pathlib.Path, truth: list) -> dict:
     """The FP32 export's detections on the held-out scenes against their ground truth boxes."""
     from builder.quantize.report import agreement
-    from builder.verification.runtime import detections_of
+    from builder.exporting.outputs import detections_of
 
     session = open_session(path)
     found = [detections_of(session.run(None, {"images": scene.nchw}), "batch") for scene in truth]

@@ -127,19 +127,19 @@ def render_scene(rng: np.random.Generator, photos: list[np.ndarray], size: tuple
 
 @functools.cache
 def photos(names: tuple[str, ...]) -> list[np.ndarray]:
-    from builder.quantize.calibration import builtin_photos
+    from builder.core.images import builtin_photos
 
     return [image for _, image in builtin_photos(names)]
 
 
 def training_photos() -> list[np.ndarray]:
-    from builder.quantize.calibration import CALIBRATION_PHOTOS
+    from builder.core.images import CALIBRATION_PHOTOS
 
     return photos(CALIBRATION_PHOTOS)
 
 
 def held_out_photos() -> list[np.ndarray]:
-    from builder.quantize.calibration import HELD_OUT_PHOTOS
+    from builder.core.images import HELD_OUT_PHOTOS
 
     return photos(HELD_OUT_PHOTOS)
 

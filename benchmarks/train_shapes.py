@@ -102,7 +102,7 @@ def detection_loss(model, x: torch.Tensor, gt_boxes: torch.Tensor, gt_classes: t
 
 
 def batch_of(items: list[Scene], prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
 
     images = np.stack([s.image.transpose(2, 0, 1) for s in items])
     m = max(1, max(len(s.boxes) for s in items))

@@ -1,27 +1,30 @@
-"""builder: trained object detectors in, deployable bundles out."""
-from importlib import metadata as _metadata
+"""builder: trained object detectors in, deployable bundles out.
 
-try:
-    __version__ = _metadata.version("model-bundle-builder")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+The Python API (`builder.export`, `bundle`, `verify`, `bench`, `push`, `pull`) lives in `builder.api` and
+is loaded on first use, so `import builder` stays cheap; `builder.models` is SuperGradients' `models.get`.
+"""
+from builder import models
+from builder.core import wiring as _wiring
+from builder.core.errors import BuilderError, UserError
+from builder.core.version import __version__
 
-from builder import models  # noqa: E402  (light: imports torch only when a model is built)
-from builder.errors import BuilderError, UserError  # noqa: E402
-
-
-def export(model_or_name, output, **options):
-    """Export a model (or a variant name) to ONNX; see `builder.exporting.export`. Returns an ExportResult."""
-    from builder.exporting import export as _export
-
-    return _export(model_or_name, output, **options)
+_API = ("export", "bundle", "verify", "bench", "push", "pull")
 
 
-def bundle(output=None, **options):
-    """Build a Triton or standalone bundle; see `builder.bundling.build.bundle`. Returns a BundleResult."""
-    from builder.bundling.build import bundle as _bundle
+def __getattr__(name: str):
+    if name in _API:
+        from builder import api
 
-    return _bundle(output, **options)
+        return getattr(api, name)
+    raise AttributeError(f"module 'builder' has no attribute '{name}'")
 
 
-__all__ = ["models", "export", "bundle", "BuilderError", "UserError", "__version__"]
+def _export(model_or_name, output, **options):
+    from builder.api import export
+
+    return export(model_or_name, output, **options)
+
+
+_wiring.set_exporter(_export)  # model.export(...) (models sit below the export stage)
+
+__all__ = ["models", *_API, "BuilderError", "UserError", "__version__"]

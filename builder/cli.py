@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 
 import click
 
-from builder import __version__
-from builder.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
+from builder.core.version import __version__
+from builder.core.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +15,7 @@ from builder.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 def cli(quiet: bool) -> None:
     """Turn trained YOLO-NAS / PP-YOLOE detectors into deployable bundles."""
-    from builder.log import configure
+    from builder.core.log import configure
 
     configure(quiet)
 
@@ -58,7 +57,7 @@ def models_command(as_json: bool) -> None:
 @click.option("--num-classes", type=int, default=None, help="Class count (default: read from the checkpoint).")
 def fetch_command(variant: str, weights: str, num_classes: int | None) -> None:
     """Download (into the cache) and check that weights load strictly into a variant."""
-    from builder.models.download import sha256_of
+    from builder.core.hashing import sha256_of
     from builder.models.registry import build, resolve_weights
 
     path = resolve_weights(variant, weights)
@@ -124,7 +123,7 @@ def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
     """Attach one click option per flags entry, described by the spec field (of `model`) it fills."""
     import typing
 
-    from builder.spec import ExportSpec
+    from builder.exporting.spec import ExportSpec
 
     model = model or ExportSpec
     for flag, name, kind in reversed(flags):
@@ -153,7 +152,7 @@ def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
 
 def spec_values(given: dict) -> dict:
     """The options the user gave, as ExportSpec values."""
-    from builder.spec import parse_shape, parse_sizes
+    from builder.exporting.spec import parse_shape, parse_sizes
 
     kinds = {name: kind for _, name, kind in EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS + TENSORRT_FLAGS}
     values = {}
@@ -190,25 +189,15 @@ def _runner_options(command):
 @spec_options
 def export_command(output: str, runner: str, image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model to ONNX with preprocessing, decoding and NMS in the graph."""
-    from builder.exporting import export
-    from builder.runners import export_with_runner, select_runner
-
-    from builder.exporting.onnx_file import check_destination
-    from builder.spec import ExportSpec
+    from builder.api import export
 
     values = spec_values(given)
-    ExportSpec.create(**values)  # bad options and destinations are refused before a runner is chosen
-    check_destination(pathlib.Path(output))
-    chosen = select_runner(runner, image, gpus, pull)
-    if chosen.name == "local":
-        result = export(values.pop("model"), output, **values)
-    else:
-        result = export_with_runner(chosen, output, **values)
+    result = export(values.pop("model"), output, runner=runner, image=image, gpus=gpus, pull=pull, **values)
     click.echo(result.usage)
 
 
 def _bundle_options(command):
-    from builder.bundling.spec import BundleSpec, TensorRTOptions, TritonOptions
+    from builder.targets.spec import BundleSpec, TensorRTOptions, TritonOptions
 
     command = spec_options(command, TENSORRT_FLAGS, TensorRTOptions)
     command = spec_options(command, TRITON_FLAGS, TritonOptions)
@@ -228,7 +217,7 @@ def _bundle_options(command):
 def bundle_command(output: str | None, spec_file: str | None, archive: bool, force: bool, runner: str,
                    image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model and render a Triton model repository or a standalone package around it."""
-    from builder.bundling.build import bundle
+    from builder.api import bundle
 
     values = spec_values(given)
     if spec_file is None and "target" not in values:
@@ -250,7 +239,7 @@ def push_command(bundle: str, reference: str, insecure: bool) -> None:
     Credentials come from BUILDER_REGISTRY_USERNAME / BUILDER_REGISTRY_PASSWORD or the docker config
     (docker login), never from the command line.
     """
-    from builder.oci.transfer import push
+    from builder.api import push
 
     click.echo(str(push(bundle, reference, insecure)))
 
@@ -262,7 +251,7 @@ def push_command(bundle: str, reference: str, insecure: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing destination folder.")
 def pull_command(reference: str, destination: str, insecure: bool, force: bool) -> None:
     """Pull a bundle (REGISTRY/REPOSITORY:TAG or @sha256:DIGEST) into DESTINATION, every file checked."""
-    from builder.oci.transfer import pull
+    from builder.api import pull
 
     click.echo(str(pull(reference, destination, insecure, force)))
 
@@ -281,13 +270,13 @@ def verify_command(bundle, images, count, weights, url, protocol, report, as_jso
 
     Exit code 3 when it misses its precision's thresholds (recall, precision, box and score deviation).
     """
-    from builder.errors import GateFailed
-    from builder.verification.verify import verify, write_report
+    from builder.api import verify
+    from builder.core.errors import GateFailed
 
-    result = verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count)
+    result = verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count, report=report)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())
-    if report:
-        click.echo(f"report: {write_report(result, report)}", err=True)
+    if result.report_path is not None:
+        click.echo(f"report: {result.report_path}", err=True)
     if not result.passed:
         raise GateFailed(f"verification failed: {'; '.join(result.failures)}")
 
@@ -303,8 +292,8 @@ def verify_command(bundle, images, count, weights, url, protocol, report, as_jso
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
 def bench_command(bundle, batch_sizes, threads, duration, url, protocol, concurrency, as_json) -> None:
     """Latency p50/p90/p99 and throughput of a bundle's model per batch size."""
-    from builder.spec import parse_sizes
-    from builder.verification.bench import bench
+    from builder.api import bench
+    from builder.exporting.spec import parse_sizes
 
     result = bench(bundle, parse_sizes(batch_sizes), threads, duration, url, protocol, concurrency)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())

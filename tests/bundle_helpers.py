@@ -10,9 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from builder.images import fit_to_input, to_network_input
+from builder.core.images import fit_to_input, to_network_input
 from builder.models.registry import family_of
-from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, PHOTOS, builtin_photos, fitted
+from builder.core.images import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, PHOTOS, builtin_photos
+from builder.quantize.calibration import fitted
 from reference_weights import lively_model
 
 SIZE = (320, 320)

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 import builder
-from builder.bundling.render import Renderer, pbtxt_string, python_literal
-from builder.bundling.spec import BundleSpec
-from builder.bundling.triton import check_config, parse_config, render_config
-from builder.errors import UserError
+from builder.targets.render import Renderer, pbtxt_string, python_literal
+from builder.targets.spec import BundleSpec
+from builder.targets.triton import check_config, parse_config, render_config
+from builder.core.errors import UserError
 from bundle_helpers import (PYTHON, SIZE, assert_same_detections, direct_detections, lively_weights, photo_paths,
                             run_json)
 
@@ -96,9 +96,9 @@ def test_archive_entries_are_sorted_with_fixed_owners_and_times(triton_bundle):
 
 def test_build_yaml_holds_every_option_and_flags_override_it(triton_bundle, tmp_path):
     data = yaml.safe_load((triton_bundle.destination / "build.yaml").read_text())
-    assert set(data["export"]) == set(builder.spec.ExportSpec.model_fields)
+    assert set(data["export"]) == set(builder.exporting.spec.ExportSpec.model_fields)
     assert data["triton"]["preferred_batch_sizes"] == [2, 4] and data["name"] == "detector"
-    spec = builder.bundling.build.resolve_spec(triton_bundle.destination / "build.yaml", name="other", max_batch_size=16)
+    spec = builder.targets.build.resolve_spec(triton_bundle.destination / "build.yaml", name="other", max_batch_size=16)
     assert (spec.model_name, spec.max_batch_size, spec.export.input_image_shape) == ("other", 16, SIZE)
 
 
@@ -129,7 +129,7 @@ GOLDEN_CASES = {
 
 
 def _render_golden(case: str) -> str:
-    from builder.bundling.triton import config_context
+    from builder.targets.triton import config_context
 
     values, (inputs, outputs) = GOLDEN_CASES[case]
     spec = BundleSpec.create(values)
@@ -352,7 +352,7 @@ def test_standalone_infer_refuses_a_missing_image_in_one_line(standalone_bundle)
 
 def test_rendering_is_separate_from_the_atomic_move(tmp_path):
     """A bundle interrupted after its export leaves no staging folder behind."""
-    from builder.files import staged_folder
+    from builder.core.files import staged_folder
 
     with pytest.raises(KeyboardInterrupt):
         with staged_folder(tmp_path / "dest", force=False) as staging:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from builder import models
-from builder.errors import UserError
-from builder.models.download import fetch, sha256_of
+from builder.core.errors import UserError
+from builder.core.hashing import sha256_of
+from builder.models.download import fetch
 from builder.models.registry import construct
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import builder
-from builder.errors import UserError
+from builder.core.errors import UserError
 from bundle_helpers import lively_weights
 
 pytestmark = pytest.mark.docker
@@ -46,7 +46,7 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
 
 
 def test_docker_and_local_runners_build_the_same_bundle(client, tmp_path):
-    from builder.quantize.calibration import CALIBRATION_PHOTOS, PHOTOS
+    from builder.core.images import CALIBRATION_PHOTOS, PHOTOS
 
     weights = lively_weights(tmp_path / "weights.pth")
     calibration = tmp_path / "calibration"
@@ -88,7 +88,7 @@ def test_a_failing_stage_reports_its_exit_code_and_message(client, tmp_path):
 
 def test_a_stage_past_its_timeout_is_stopped_and_removed(client, tmp_path):
     from builder.runners.docker_runner import DockerRunner
-    from builder.spec import ExportSpec
+    from builder.exporting.spec import ExportSpec
 
     before = _containers(client)
     runner = DockerRunner(IMAGE, timeout_s=1, client=client)

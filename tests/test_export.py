@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import builder
-from builder.images import fit_to_input, to_network_input
+from builder.core.images import fit_to_input, to_network_input
 from builder.models.registry import family_of
 from nms_reference import detect
 from reference_weights import lively_model

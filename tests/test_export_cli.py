@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from builder.cli import EXPORT_FLAGS
-from builder.spec import ExportSpec
+from builder.exporting.spec import ExportSpec
 
 
 def _builder(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -1,13 +1,12 @@
 """Atomic outputs: missing parents made (and removed on failure), destinations never replaced without force."""
 from __future__ import annotations
 
-import pathlib
 import threading
 
 import pytest
 
-from builder.errors import UserError
-from builder.files import atomic_file, rename_no_replace, staged_folder
+from builder.core.errors import UserError
+from builder.core.files import atomic_file, rename_no_replace, staged_folder
 
 
 def test_staged_folder_makes_missing_parents_like_mkdir_p(tmp_path):

@@ -14,10 +14,11 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 import builder
-from builder.errors import UserError
-from builder.images import to_network_input
+from builder.core.errors import UserError
+from builder.core.images import to_network_input
 from builder.models.registry import family_of
-from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos, fitted
+from builder.core.images import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, builtin_photos
+from builder.quantize.calibration import fitted
 from builder.quantize.report import agreement, match
 from reference_weights import lively_model
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import builder
-from builder.errors import UserError
+from builder.core.errors import UserError
 from builder.oci.client import RegistryClient
 from builder.oci.reference import parse_reference
 from builder.oci.transfer import ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE, pull, push

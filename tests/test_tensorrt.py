@@ -24,9 +24,10 @@ def test_engine_finds_what_onnxruntime_finds(gpu, precision, tmp_path):
     import onnxruntime as ort
 
     from builder.engines.tensorrt import EngineRunner, build_engine
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
     from builder.models.registry import family_of
-    from builder.quantize.calibration import HELD_OUT_PHOTOS, builtin_photos, fitted
+    from builder.core.images import HELD_OUT_PHOTOS, builtin_photos
+    from builder.quantize.calibration import fitted
     from builder.quantize.report import match
     from reference_weights import lively_model
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import builder
-from builder.errors import UserError
+from builder.core.errors import UserError
 from builder.verification.bench import bench
 from builder.verification.reference import nms_per_class
 from builder.verification.verify import verify, write_report
@@ -49,7 +49,7 @@ def test_a_good_bundle_passes_with_every_detection_matched(bundle, tmp_path):
 
 def test_a_regressed_bundle_fails_the_gate_with_exit_code_3(bundle, tmp_path):
     """A bundle that is consistent with its manifest but whose model no longer does what PyTorch does."""
-    from builder.bundling.manifest import write_manifest
+    from builder.core.manifest import write_manifest
 
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
@@ -86,7 +86,7 @@ def test_a_tampered_bundle_is_refused_before_anything_runs(bundle, tmp_path):
 
 
 def test_verify_on_an_images_folder_with_a_png_report(bundle, tmp_path):
-    from builder.quantize.calibration import PHOTOS
+    from builder.core.images import PHOTOS
 
     images = tmp_path / "images"
     images.mkdir()

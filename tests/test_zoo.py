@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.images import fit_to_input, to_network_input
+from builder.core.images import fit_to_input, to_network_input
 from builder.models.registry import construct, family_of, parameter_count
 from conftest import REFERENCE, VARIANTS
 from reference_weights import deterministic_state_dict

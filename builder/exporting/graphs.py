@@ -5,7 +5,7 @@ import json
 
 import onnx
 
-from builder.spec import ExportSpec
+from builder.exporting.spec import ExportSpec
 
 RAW_OUTPUTS = ["boxes", "scores"]
 TOP_K_OUTPUTS = ["pre_nms_boxes", "pre_nms_scores"]
@@ -95,7 +95,7 @@ def with_postprocessing(graph: onnx.ModelProto, spec: ExportSpec, settings: dict
 
 def finalize(graph: onnx.ModelProto, spec: ExportSpec, model, settings: dict) -> onnx.ModelProto:
     """The deployable model: postprocessing, metadata, and onnx.checker's full check."""
-    from builder import __version__
+    from builder.core.version import __version__
     from builder.exporting.onnx_file import check
 
     graph = with_postprocessing(graph, spec, settings)

@@ -12,7 +12,7 @@ import warnings
 import onnx
 import torch
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 
 def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: list[str] | None,
@@ -55,7 +55,7 @@ def check_destination(destination: pathlib.Path) -> pathlib.Path:
         raise UserError(f"output '{destination}' must end in .onnx")
     if destination.is_dir():
         raise UserError(f"output '{destination}' is a directory; give a file name such as model.onnx")
-    from builder.files import missing_parents
+    from builder.core.files import missing_parents
 
     missing_parents(destination)  # missing folders are made when the file is written; a file in the way is not
     return destination
@@ -63,7 +63,7 @@ def check_destination(destination: pathlib.Path) -> pathlib.Path:
 
 def save_atomically(model: onnx.ModelProto, destination: pathlib.Path) -> None:
     """Write next to the destination, then rename: readers see the old file or the whole new one."""
-    from builder.files import atomic_file
+    from builder.core.files import atomic_file
 
     with atomic_file(check_destination(destination)) as f:
         f.write(model.SerializeToString())

@@ -2,38 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How the family's training pipeline turned an RGB uint8 image into the network input.
-
-    `channel_order` is the order the network consumes; `mean` and `std` are in 0..255 pixel units and
-    indexed in that order. `resize` is "letterbox" (keep aspect, scale the longest side to fit the input
-    less `letterbox_margin` pixels, then pad centred with `pad_value`) or "stretch" (resize to the input).
-    """
-
-    channel_order: Literal["RGB", "BGR"]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: Literal["letterbox", "stretch"]
-    pad_value: int = 114
-    letterbox_margin: int = 0
-
-    def describe(self) -> list[str]:
-        steps = ["cast uint8 -> float32"]
-        if any(self.mean):
-            steps.append(f"subtract mean {list(self.mean)} ({self.channel_order})")
-        if all(m == 0 for m in self.mean) and len(set(self.std)) == 1:
-            scale = f"scale by 1/{self.std[0]:g}"
-        else:
-            scale = f"divide by std {list(self.std)} ({self.channel_order})"
-        steps.append(("RGB -> BGR, " if self.channel_order == "BGR" else "") + scale)
-        return steps
+from builder.core.images import Preprocessing  # noqa: F401  (families declare it through here)
 
 
 class Detector(nn.Module):
@@ -60,9 +34,9 @@ class Detector(nn.Module):
 
     def export(self, output, **options):
         """Export to ONNX as `builder.export(self, output, **options)` does; returns an ExportResult."""
-        from builder.exporting import export
+        from builder.core.wiring import exporter
 
-        return export(self, output, **options)
+        return exporter()(self, output, **options)
 
     def input_conv(self) -> nn.Conv2d:
         """The convolution that reads the network input, in the fused (deploy) form.

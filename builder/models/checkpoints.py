@@ -5,7 +5,7 @@ import pathlib
 import pickle
 from typing import Any, Mapping
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 #: how many differing keys an error message lists before it summarises
 SHOWN_KEYS = 4

@@ -10,8 +10,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from builder.errors import UserError
-from builder.log import notice
+from builder.core.errors import UserError
+from builder.core.hashing import sha256_of
+from builder.core.log import notice
 
 CHUNK = 1 << 20
 
@@ -20,14 +21,6 @@ def cache_dir() -> pathlib.Path:
     root = os.environ.get("BUILDER_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "builder")
     return pathlib.Path(root) / "weights"
-
-
-def sha256_of(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, directory: pathlib.Path | None = None, progress: bool = True,

@@ -7,8 +7,8 @@ import os
 import pathlib
 from typing import Any
 
-from builder.errors import UserError, did_you_mean
-from builder.log import warn
+from builder.core.errors import UserError, did_you_mean
+from builder.core.log import warn
 from builder.models.base import Detector, Family
 
 # adding a family means adding its module here, nothing else

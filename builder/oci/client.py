@@ -16,7 +16,7 @@ import subprocess
 import urllib.parse
 from typing import Optional
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 from builder.oci.reference import PASSWORD_VARIABLE, USERNAME_VARIABLE, Reference, credentials
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -114,7 +114,7 @@ class RegistryClient:
 
     def upload_blob(self, path: pathlib.Path, media_type: str, annotations: Optional[dict] = None) -> dict:
         """A descriptor of the file, uploaded unless the registry has it (monolithic POST + PUT)."""
-        from builder.models.download import sha256_of
+        from builder.core.hashing import sha256_of
 
         descriptor = {"mediaType": media_type, "digest": f"sha256:{sha256_of(path)}", "size": path.stat().st_size}
         if annotations:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 # the OCI distribution spec's grammar for repository names and tags
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"

@@ -14,8 +14,8 @@ import pathlib
 import tempfile
 from dataclasses import dataclass
 
-from builder.errors import UserError
-from builder.log import notice
+from builder.core.errors import UserError
+from builder.core.log import notice
 
 ARTIFACT_TYPE = "application/vnd.builder.bundle.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.builder.bundle.manifest.v1+json"
@@ -36,7 +36,7 @@ class Transfer:
 
 
 def annotations_of(manifest: dict, manifest_sha256: str) -> dict[str, str]:
-    from builder import __version__
+    from builder.core.version import __version__
 
     postprocessing = manifest.get("postprocessing") or {}
     values = {
@@ -54,8 +54,8 @@ def annotations_of(manifest: dict, manifest_sha256: str) -> dict[str, str]:
 
 
 def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> Transfer:
-    from builder.bundling.archive import write_archive
-    from builder.bundling.manifest import MANIFEST, check_files
+    from builder.core.archive import write_archive
+    from builder.core.manifest import MANIFEST, check_files
     from builder.oci.client import MANIFEST_MEDIA_TYPE, RegistryClient
     from builder.oci.reference import parse_reference
 
@@ -89,9 +89,9 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> 
 
 
 def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False) -> Transfer:
-    from builder.bundling.archive import extract_archive
-    from builder.bundling.manifest import check_files
-    from builder.files import check_folder_destination, staged_folder
+    from builder.core.archive import extract_archive
+    from builder.core.manifest import check_files
+    from builder.core.files import check_folder_destination, staged_folder
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
 

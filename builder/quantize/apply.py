@@ -7,10 +7,10 @@ import pathlib
 import numpy as np
 import onnx
 
-from builder.files import atomic_file
-from builder.log import warn
+from builder.core.files import atomic_file
+from builder.core.log import warn
 from builder.models.base import Preprocessing
-from builder.spec import ExportSpec
+from builder.exporting.spec import ExportSpec
 
 # The last convolutions emit the class logits and the box distributions. The class-logit convolutions stay
 # float: quantized, their outputs get an int8 grid (a logit range of ~30 in steps of ~0.25), which moves
@@ -66,7 +66,7 @@ def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held
                     settings: dict) -> dict:
     from builder.exporting.graphs import RAW_OUTPUTS, keep_outputs, with_postprocessing
     from builder.quantize import report as metrics
-    from builder.verification.runtime import detections_of
+    from builder.exporting.outputs import detections_of
 
     # detections always through ONNX NonMaxSuppression in batch format, whatever the deployed flavour
     runnable = spec.model_copy(update={"postprocessing": True, "output_predictions_format": "batch",

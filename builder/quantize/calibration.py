@@ -4,21 +4,14 @@ from __future__ import annotations
 import pathlib
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from builder.errors import UserError
-from builder.images import fit_to_input
-from builder.log import warn
-from builder.models.base import Preprocessing
-
-PHOTOS = pathlib.Path(__file__).resolve().parents[1] / "data" / "photos"
-#: built-in photos used for calibration when the user gives none; the others stay held out for the report
-CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china")
-HELD_OUT_PHOTOS = ("grace_hopper", "flower")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
+from builder.core.errors import UserError
+from builder.core.images import (CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, IMAGE_SUFFIXES, Preprocessing,
+                                  builtin_photos, fit_to_input, image_files, read_image)
+from builder.core.log import warn
 
 @dataclass
 class ImageSet:
@@ -34,25 +27,10 @@ class ImageSet:
         return f"{len(self.batches)} images from {self.source}{extra}"
 
 
-def read_image(path: pathlib.Path) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-
-
-def builtin_photos(names: Iterable[str]) -> list[tuple[str, np.ndarray]]:
-    return [(name, read_image(PHOTOS / f"{name}.jpg")) for name in names]
-
-
 def folder_photos(folder: str | pathlib.Path, count: int) -> list[tuple[str, np.ndarray]]:
     """Up to `count` images of a folder (sorted by name, so runs repeat); unreadable files are skipped with a warning."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"images folder '{folder}' does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     photos = []
-    for path in files:
+    for path in image_files(folder):
         if len(photos) == count:
             break
         try:
@@ -60,7 +38,7 @@ def folder_photos(folder: str | pathlib.Path, count: int) -> list[tuple[str, np.
         except OSError as e:
             warn(f"skipping {path.name}: not a readable image ({e})")
     if not photos:
-        raise UserError(f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{folder}'")
+        raise UserError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
     return photos
 
 

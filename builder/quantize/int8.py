@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 from builder.quantize.region import Region
 
 METHODS = ("minmax", "entropy", "percentile")

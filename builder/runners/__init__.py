@@ -4,8 +4,8 @@ from __future__ import annotations
 import pathlib
 from typing import Optional
 
-from builder.errors import UserError
-from builder.spec import ExportSpec
+from builder.core.errors import UserError
+from builder.exporting.spec import ExportSpec
 
 RUNNERS = ("auto", "docker", "local")
 
@@ -14,7 +14,7 @@ class LocalRunner:
     name = "local"
 
     def run(self, spec: ExportSpec, output: pathlib.Path, engine: Optional[dict] = None):
-        from builder.runners.stage import read_outcome, run_stage, stage_request
+        from builder.stage import read_outcome, run_stage, stage_request
 
         run_stage(stage_request(spec, engine), output)
         return read_outcome(output, {"runner": "local"})
@@ -22,7 +22,7 @@ class LocalRunner:
 
 def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool = False, pull: bool = False):
     """`auto`: docker when an engine answers and the image is there (or --pull), else local, with a notice."""
-    from builder.log import notice
+    from builder.core.log import notice
 
     if runner not in RUNNERS:
         raise UserError(f"unknown runner '{runner}'", hint="auto, docker or local")
@@ -54,7 +54,7 @@ def export_with_runner(runner, output: str | pathlib.Path, **options):
     import tempfile
 
     from builder.exporting.onnx_file import check_destination
-    from builder.files import parents_made
+    from builder.core.files import parents_made
     from builder.quantize.apply import save_report
 
     output = check_destination(pathlib.Path(output))

@@ -15,8 +15,8 @@ import sys
 import threading
 from typing import Optional
 
-from builder.errors import UserError
-from builder.spec import ExportSpec
+from builder.core.errors import UserError
+from builder.exporting.spec import ExportSpec
 
 #: the image the top-level Dockerfile builds (docker build -t model-bundle-builder:VERSION .)
 IMAGE_REPOSITORY = "model-bundle-builder"
@@ -28,7 +28,7 @@ FORBIDDEN_MOUNTS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/pr
 
 
 def default_image() -> str:
-    from builder import __version__
+    from builder.core.version import __version__
 
     return f"{IMAGE_REPOSITORY}:{__version__}"
 
@@ -38,7 +38,7 @@ def engine():
     try:
         import docker
     except ImportError:
-        from builder.errors import MissingExtraError
+        from builder.core.errors import MissingExtraError
 
         raise MissingExtraError("docker", "docker") from None
     try:
@@ -77,8 +77,8 @@ class DockerRunner:
     def run(self, spec: ExportSpec, output: pathlib.Path, engine: Optional[dict] = None):
         import docker
 
-        from builder.log import notice
-        from builder.runners.stage import read_outcome, stage_request
+        from builder.core.log import notice
+        from builder.stage import read_outcome, stage_request
 
         info = self._image()
         output = pathlib.Path(output).resolve()
@@ -106,7 +106,7 @@ class DockerRunner:
         notice(f"export stage in {self.image} ({info['image_id'][:19]}), no network, as uid {uid}")
         try:
             container = self.client.containers.create(
-                self.image, [str(request_path), str(output)], entrypoint=["python", "-m", "builder.runners.stage"],
+                self.image, [str(request_path), str(output)], entrypoint=["python", "-m", "builder.stage"],
                 user=f"{uid}:{gid}", network_mode="none", volumes=mounts, environment=environment,
                 working_dir=os.getcwd(), read_only=True, tmpfs={"/tmp": "rw,exec,size=8g"}, cap_drop=["ALL"],
                 security_opt=["no-new-privileges"], device_requests=device_requests, detach=True)
@@ -138,7 +138,7 @@ class DockerRunner:
         if not self.pull:
             raise UserError(f"image '{self.image}' is not on this Docker engine",
                             hint="build it (containers/README.md) or pass --pull")
-        from builder.log import notice
+        from builder.core.log import notice
 
         notice(f"pulling {self.image} ...")
         try:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 WARMUP_RUNS = 3
 
@@ -58,8 +58,8 @@ class BenchResult:
 
 def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), threads: Optional[int] = None,
           duration: float = 5.0, url: Optional[str] = None, protocol: str = "http", concurrency: int = 1) -> BenchResult:
-    from builder.bundling.manifest import check_files
-    from builder.log import notice
+    from builder.core.manifest import check_files
+    from builder.core.log import notice
 
     folder = pathlib.Path(bundle)
     manifest = check_files(folder)
@@ -93,15 +93,17 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
 
 
 def _input_image(manifest: dict) -> np.ndarray:
-    from builder.exporting import sample_input
+    from builder.core.images import Preprocessing, sample_input
 
-    return sample_input(manifest["model"]["variant"], tuple(manifest["signature"]["inputs"][0]["shape"][2:]))
+    recorded = manifest["preprocessing"]
+    prep = Preprocessing(**{name: recorded[name] for name in Preprocessing.__dataclass_fields__})
+    return sample_input(prep, tuple(manifest["signature"]["inputs"][0]["shape"][2:]))
 
 
 def _most_per_request(folder: pathlib.Path, manifest: dict, url: Optional[str]) -> Optional[int]:
     if url is None or manifest["target"] != "triton":
         return None
-    from builder.bundling.triton import parse_config
+    from builder.targets.triton import parse_config
 
     config = parse_config((folder / "model_repository" / manifest["name"] / "config.pbtxt").read_text(), "the bundle")
     return config.max_batch_size or None

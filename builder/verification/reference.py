@@ -35,7 +35,7 @@ def reference_detections(model, image_nchw_uint8: np.ndarray, settings: dict) ->
     """(score, class, box in network-input pixels) of one image, best first, by the eager model."""
     import torch
 
-    from builder.images import to_network_input
+    from builder.core.images import to_network_input
 
     x = torch.from_numpy(to_network_input(image_nchw_uint8, model.family.preprocessing))
     with torch.no_grad():

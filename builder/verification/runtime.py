@@ -4,9 +4,8 @@ from __future__ import annotations
 import pathlib
 from typing import Callable, Optional
 
-import numpy as np
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 
 def model_file(folder: pathlib.Path, manifest: dict) -> pathlib.Path:
@@ -43,14 +42,3 @@ def open_model(folder: pathlib.Path, manifest: dict, threads: Optional[int] = No
     input_name = session.get_inputs()[0].name
     label = f"ONNX Runtime {ort.__version__} {used}" + (f", {threads} threads" if threads else "")
     return (lambda batch: session.run(names, {input_name: batch})), label
-
-
-def detections_of(outputs: list[np.ndarray], output_format: str, image: int = 0) -> list[tuple]:
-    """(score, class, box) of one image of a batch, from either output format."""
-    if output_format == "flat":
-        rows = outputs[0][outputs[0][:, 0].astype(np.int64) == image]
-        return [(float(r[5]), int(r[6]), np.asarray(r[1:5], dtype=np.float32)) for r in rows]
-    num, boxes, scores, classes = outputs
-    n = int(np.asarray(num)[image].reshape(-1)[0])
-    return [(float(scores[image, i]), int(classes[image, i]), np.asarray(boxes[image, i], dtype=np.float32))
-            for i in range(n)]

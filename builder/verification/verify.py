@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 #: per precision: least recall and precision against PyTorch, most box deviation (network-input pixels)
 #: and score deviation of matched detections (None: not gated; INT8 moves boxes and scores by design)
@@ -25,7 +25,6 @@ GATES = {
     "fp16": {"recall": 0.99, "precision": 0.98, "box_px": 4.0, "score": 0.05},
     "int8": {"recall": 0.90, "precision": 0.85, "box_px": None, "score": None},
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_IMAGE_COUNT = 32
 
 
@@ -63,6 +62,7 @@ class VerifyResult:
     gate: dict
     failures: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    report_path: Optional[pathlib.Path] = None  # the side-by-side report, when one was written
 
     @property
     def totals(self) -> dict:
@@ -103,10 +103,10 @@ def _ratio(part: int, whole: int) -> float:
 
 def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Optional[str] = None,
            url: Optional[str] = None, protocol: str = "http", count: int = DEFAULT_IMAGE_COUNT) -> VerifyResult:
-    from builder.bundling.manifest import check_files
-    from builder.bundling.spec import BundleSpec, read_spec_file
-    from builder.exporting import load_model
-    from builder.images import fit_to_input
+    from builder.core.manifest import check_files
+    from builder.targets.spec import BundleSpec, read_spec_file
+    from builder.stage.export import load_model
+    from builder.core.images import fit_to_input
     from builder.quantize.report import match_pairs
     from builder.verification.reference import reference_detections
 
@@ -165,7 +165,7 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
 
 def _check_weights(manifest: dict, weights: Optional[str], variant: str) -> None:
     """The reference must be built from the weights the bundle was built from."""
-    from builder.bundling.build import weights_record
+    from builder.targets.build import weights_record
 
     recorded = manifest["model"]["weights"]
     if weights is None and recorded.get("source") != "random":
@@ -177,23 +177,17 @@ def _check_weights(manifest: dict, weights: Optional[str], variant: str) -> None
 
 
 def _images(folder: Optional[str], count: int) -> list[tuple[str, pathlib.Path]]:
-    from builder.log import notice
-    from builder.quantize.calibration import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, PHOTOS
+    from builder.core.images import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, PHOTOS, image_files
+    from builder.core.log import notice
 
     if folder is None:
         notice("no --images: verifying on builder's 7 built-in photos")
         return [(name, PHOTOS / f"{name}.jpg") for name in CALIBRATION_PHOTOS + HELD_OUT_PHOTOS]
-    root = pathlib.Path(folder)
-    if not root.is_dir():
-        raise UserError(f"images folder '{root}' does not exist")
-    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    if not paths:
-        raise UserError(f"images folder '{root}' holds no {'/'.join(IMAGE_SUFFIXES)} files")
-    return [(p.name, p) for p in paths]
+    return [(p.relative_to(folder).as_posix(), p) for p in image_files(folder)[:count]]
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
-    from builder.quantize.calibration import read_image
+    from builder.core.images import read_image
 
     try:
         return read_image(path)
@@ -213,7 +207,7 @@ def _to_original(detections: list[tuple], placement, shape) -> list[tuple]:
 
 
 def _run_model(run, batch: np.ndarray, fixed, manifest: dict) -> list[tuple]:
-    from builder.verification.runtime import detections_of
+    from builder.exporting.outputs import detections_of
 
     if isinstance(fixed, int) and fixed > 1:  # a fixed batch: pad with blank images
         batch = np.concatenate([batch, np.zeros((fixed - 1,) + batch.shape[1:], np.uint8)])
@@ -239,7 +233,7 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
 
     from PIL import Image
 
-    from builder.files import atomic_file
+    from builder.core.files import atomic_file
 
     destination = pathlib.Path(destination)
     if destination.suffix.lower() not in (".html", ".png"):

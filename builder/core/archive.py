@@ -7,7 +7,7 @@ import os
 import pathlib
 import tarfile
 
-from builder.files import atomic_file
+from builder.core.files import atomic_file
 
 
 def write_archive(folder: pathlib.Path, destination: pathlib.Path, root: str | None = None) -> pathlib.Path:
@@ -42,7 +42,7 @@ def extract_archive(archive: pathlib.Path, destination: pathlib.Path, max_bytes:
     Only regular files and folders under one top folder are accepted: an absolute path, a '..', a link,
     a device or a second top folder refuses the whole archive, before anything is written outside.
     """
-    from builder.errors import UserError
+    from builder.core.errors import UserError
 
     destination = pathlib.Path(destination).resolve()
     written = 0

@@ -5,7 +5,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 #: the ONNX opset we export: read by ONNX Runtime >= 1.14 and TensorRT 10's parser
 DEFAULT_OPSET = 18

@@ -1,6 +1,6 @@
 """The export stage: spec (JSON) in, model.onnx + stage.json + reproduce.sh out. Runs here or in a container.
 
-    python -m builder.runners.stage SPEC.json OUTPUT_DIR
+    python -m builder.stage SPEC.json OUTPUT_DIR
 
 The stage is the only part of a build that needs torch (and TensorRT): model loading, tracing,
 quantization and the smoke run. What it learned about the model (signature, preprocessing, thresholds,
@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from builder.spec import ExportSpec
+from builder.exporting.spec import ExportSpec
 
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
@@ -46,10 +46,10 @@ def stage_request(spec: ExportSpec, engine: Optional[dict] = None) -> dict:
 
 def run_stage(request: dict, output: pathlib.Path) -> None:
     """The stage's work, in this process: export and smoke-run the model, describe it in stage.json."""
-    from builder.bundling.manifest import toolchain_versions
-    from builder.exporting import export_model, load_model, smoke_run
-    from builder.errors import UserError
-    from builder.files import atomic_file
+    from builder.core.version import toolchain_versions
+    from builder.stage.export import export_model, load_model, smoke_run
+    from builder.core.errors import UserError
+    from builder.core.files import atomic_file
 
     if request.get("stage_format") != STAGE_FORMAT:
         raise RuntimeError(f"stage request format {request.get('stage_format')!r}; this builder reads {STAGE_FORMAT}")
@@ -85,8 +85,8 @@ def run_stage(request: dict, output: pathlib.Path) -> None:
 def build_plan(output: pathlib.Path, engine: dict) -> dict:
     """model.plan from model.onnx; the timing cache lives in builder's cache (per TensorRT version)."""
     from builder.engines.tensorrt import EngineBuildError, build_engine, tensorrt_version
-    from builder.errors import UserError
-    from builder.log import notice
+    from builder.core.errors import UserError
+    from builder.core.log import notice
     from builder.models.download import cache_dir
 
     cache = cache_dir().parent / "tensorrt" / f"timing-{tensorrt_version()}.cache"
@@ -116,17 +116,17 @@ def reproduce_script(request: dict) -> str:
     return ("#!/bin/sh\n"
             "# Reruns this export stage with the same spec: writes model.onnx and stage.json into OUTPUT_DIR.\n"
             "# Inside the builder image: docker run --rm --network none -v $PWD:/out IMAGE "
-            "python -m builder.runners.stage /out/spec.json /out\n"
+            "python -m builder.stage /out/spec.json /out\n"
             "set -eu\n"
             'out="${1:-.}"\n'
             "cat > \"$out/spec.json\" <<'SPEC'\n"
             f"{spec_json}\n"
             "SPEC\n"
-            'exec python -m builder.runners.stage "$out/spec.json" "$out"\n')
+            'exec python -m builder.stage "$out/spec.json" "$out"\n')
 
 
 def read_outcome(output: pathlib.Path, runner_environment: dict) -> StageOutcome:
-    from builder.exporting.result import ExportResult
+    from builder.stage.result import ExportResult
 
     description = json.loads((pathlib.Path(output) / STAGE_FILE).read_text())
     fields = description["result"]
@@ -139,12 +139,12 @@ def read_outcome(output: pathlib.Path, runner_environment: dict) -> StageOutcome
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point in the container: errors as one 'error:' line (the runner reports the last one)."""
-    from builder.errors import UserError
-    from builder.log import configure
+    from builder.core.errors import UserError
+    from builder.core.log import configure
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m builder.runners.stage SPEC.json OUTPUT_DIR", file=sys.stderr)
+        print("usage: python -m builder.stage SPEC.json OUTPUT_DIR", file=sys.stderr)
         return 2
     configure(quiet=False)
     try:
@@ -162,6 +162,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,10 +7,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from builder.bundling.spec import BundleSpec, TensorRTOptions, TritonOptions, merge, read_spec_file
-from builder.errors import UserError, did_you_mean
-from builder.log import notice, warn
-from builder.spec import ExportSpec
+from builder.targets.spec import BundleSpec, TensorRTOptions, TritonOptions, merge, read_spec_file
+from builder.core.errors import UserError, did_you_mean
+from builder.core.log import notice, warn
+from builder.exporting.spec import ExportSpec
 
 DEFAULT_OUTPUT_ROOT = "bundles"
 MAX_LABEL_LENGTH = 200
@@ -66,7 +66,7 @@ def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Pa
 
     `runner`, `image`, `gpus` and `pull` say where the export stage runs (see builder.runners).
     """
-    from builder.files import check_folder_destination
+    from builder.core.files import check_folder_destination
     from builder.runners import select_runner
 
     spec = resolve_spec(spec_file, **options)
@@ -83,11 +83,11 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
     import shutil
     import tempfile
 
-    from builder.bundling import standalone, triton
-    from builder.bundling.archive import write_archive
-    from builder.bundling.manifest import write_manifest
-    from builder.bundling.render import Renderer
-    from builder.files import staged_folder
+    from builder.targets import standalone, triton
+    from builder.core.archive import write_archive
+    from builder.core.manifest import write_manifest
+    from builder.targets.render import Renderer
+    from builder.core.files import staged_folder
 
     target = {"triton": triton.TritonTarget, "standalone": standalone.StandaloneTarget}[spec.target](spec)
     renderer = Renderer(spec.templates)  # a bad override folder fails before the (slow) export
@@ -159,8 +159,8 @@ def resolve_class_names(spec: BundleSpec, result, labels: Optional[list[str]]) -
 
 
 def template_context(spec: BundleSpec, result, class_names: list[str], model_file: str, stage_versions: dict) -> dict:
-    from builder import __version__
-    from builder.bundling.manifest import toolchain_versions
+    from builder.core.version import __version__
+    from builder.core.version import toolchain_versions
     from builder.models.registry import family_of
 
     prep = family_of(result.model).preprocessing
@@ -219,7 +219,7 @@ def weights_record(variant: str, weights: Optional[str]) -> dict:
         from builder.models.registry import RANDOM_WEIGHTS_SEED
 
         return {"source": "random", "seed": RANDOM_WEIGHTS_SEED}
-    from builder.models.download import sha256_of
+    from builder.core.hashing import sha256_of
     from builder.models.registry import resolve_weights
 
     return {"source": weights, "sha256": sha256_of(resolve_weights(variant, weights))}

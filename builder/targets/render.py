@@ -10,9 +10,20 @@ import json
 import math
 import pathlib
 
-from builder.errors import UserError, did_you_mean
+from builder.core.errors import UserError, did_you_mean
 
-SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "templates"
+
+
+def _shipped() -> pathlib.Path:
+    """The top-level templates/ folder: installed as the package builder.templates, or beside a source tree."""
+    try:
+        import builder.templates
+    except ImportError:  # a source tree on PYTHONPATH, never installed
+        return pathlib.Path(__file__).resolve().parents[2] / "templates"
+    return pathlib.Path(builder.templates.__file__).resolve().parent
+
+
+SHIPPED = _shipped()
 TEMPLATE_SUFFIX = ".j2"
 
 

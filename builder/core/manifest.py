@@ -8,22 +8,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
 
-def toolchain_versions(names=("builder", "torch", "onnx", "onnxruntime", "numpy", "pillow", "tritonclient")) -> dict[str, str]:
-    """Versions of the named packages installed here (those missing are left out)."""
-    from importlib import metadata
-
-    versions = {}
-    for name in names:
-        distribution = "model-bundle-builder" if name == "builder" else name
-        try:
-            versions[name] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def file_entries(folder: pathlib.Path) -> list[dict]:
-    from builder.models.download import sha256_of
+    from builder.core.hashing import sha256_of
 
     return [{"path": p.relative_to(folder).as_posix(), "sha256": sha256_of(p), "size": p.stat().st_size}
             for p in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
@@ -32,7 +18,7 @@ def file_entries(folder: pathlib.Path) -> list[dict]:
 
 def write_manifest(folder: pathlib.Path, description: dict) -> dict:
     """manifest.json in `folder`: `description` plus the files, written last so that it covers them all."""
-    from builder.files import atomic_file
+    from builder.core.files import atomic_file
 
     manifest = {"manifest_format": MANIFEST_FORMAT, **description, "files": file_entries(folder)}
     with atomic_file(folder / MANIFEST) as f:
@@ -41,7 +27,7 @@ def write_manifest(folder: pathlib.Path, description: dict) -> dict:
 
 
 def read_manifest(folder: pathlib.Path) -> dict:
-    from builder.errors import UserError
+    from builder.core.errors import UserError
 
     path = pathlib.Path(folder) / MANIFEST
     try:
@@ -57,7 +43,7 @@ def read_manifest(folder: pathlib.Path) -> dict:
 
 def check_files(folder: pathlib.Path) -> dict:
     """The bundle's manifest, after checking that the folder holds exactly its files with their sha256."""
-    from builder.errors import UserError
+    from builder.core.errors import UserError
 
     folder = pathlib.Path(folder)
     manifest = read_manifest(folder)

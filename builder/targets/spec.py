@@ -11,8 +11,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from builder.errors import UserError
-from builder.spec import ExportSpec, validation_message
+from builder.core.errors import UserError
+from builder.exporting.spec import ExportSpec, validation_message
 
 #: Triton model names become folder names and URL path segments
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -146,7 +146,7 @@ class BundleSpec(BaseModel):
     def to_yaml(self) -> str:
         import yaml
 
-        from builder import __version__
+        from builder.core.version import __version__
 
         data = {"builder_version": __version__, **self.model_dump(mode="json")}
         header = ("# builder bundle spec: `builder bundle --spec build.yaml` rebuilds this bundle;\n"
@@ -158,8 +158,8 @@ def read_spec_file(path: str | pathlib.Path) -> dict[str, Any]:
     """The options in a build.yaml, as nested dicts (validated later, together with the CLI's overrides)."""
     import yaml
 
-    from builder import __version__
-    from builder.log import warn
+    from builder.core.version import __version__
+    from builder.core.log import warn
 
     path = pathlib.Path(path)
     try:

@@ -7,7 +7,7 @@ the ONNX model's. A config that fails is refused with the field that is wrong.
 """
 from __future__ import annotations
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"

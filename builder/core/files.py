@@ -9,7 +9,7 @@ import pathlib
 import shutil
 import tempfile
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 #: how often a --force move retries when concurrent builds keep putting a destination back
 FORCE_MOVE_ATTEMPTS = 20

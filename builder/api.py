@@ -1,0 +1,78 @@
+"""The Python API: one function per `builder` command, with the same options; the CLI only parses and prints."""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Optional
+
+
+def export(model_or_name: Any, output: str | pathlib.Path, *, runner: str = "local", image: Optional[str] = None,
+           gpus: bool = False, pull: bool = False, **options: Any):
+    """Export a model (a `Detector` or a variant name) to one ONNX file; returns an `ExportResult`.
+
+    Options are the fields of `ExportSpec`, with SuperGradients' names. `runner="docker"` (or "auto") runs
+    the export in the pinned builder image; a model object can only be exported here (`runner="local"`).
+    """
+    from builder.runners import export_with_runner, select_runner
+
+    if runner == "local":
+        from builder.stage.export import export as export_here
+
+        return export_here(model_or_name, output, **options)
+    if not isinstance(model_or_name, str):
+        from builder.core.errors import UserError
+
+        raise UserError("only a model name can be exported in a container: use runner='local' for a model object")
+    from builder.exporting.onnx_file import check_destination
+    from builder.exporting.spec import ExportSpec
+
+    ExportSpec.create(model=model_or_name, **options)  # bad options and destinations fail before a runner is chosen
+    check_destination(pathlib.Path(output))
+    chosen = select_runner(runner, image, gpus, pull)
+    if chosen.name == "local":
+        from builder.stage.export import export as export_here
+
+        return export_here(model_or_name, output, **options)
+    return export_with_runner(chosen, output, model=model_or_name, **options)
+
+
+def bundle(output: str | pathlib.Path | None = None, **options: Any):
+    """Build a bundle (`builder bundle`); options are the spec's fields, flat or nested. Returns a BundleResult."""
+    from builder.targets.build import bundle as build
+
+    return build(output, **options)
+
+
+def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Optional[str] = None,
+           url: Optional[str] = None, protocol: str = "http", count: int = 32, report: Optional[str] = None):
+    """Compare a bundle's model with the PyTorch model it was built from (`builder verify`); a VerifyResult.
+
+    `report` writes the side-by-side detections (.html or .png). The result's `passed` is the gate.
+    """
+    from builder.verification.verify import verify as run_verify, write_report
+
+    result = run_verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count)
+    if report:
+        result.report_path = write_report(result, report)
+    return result
+
+
+def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), threads: Optional[int] = None,
+          duration: float = 5.0, url: Optional[str] = None, protocol: str = "http", concurrency: int = 1):
+    """Latency percentiles and throughput per batch size (`builder bench`); a BenchResult."""
+    from builder.verification.bench import bench as run_bench
+
+    return run_bench(bundle, tuple(batch_sizes), threads, duration, url, protocol, concurrency)
+
+
+def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False):
+    """Push a bundle folder to an OCI registry (`builder push`); returns the Transfer (ref@digest)."""
+    from builder.oci.transfer import push as run_push
+
+    return run_push(bundle, reference, insecure)
+
+
+def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False):
+    """Pull a bundle into `destination`, every file checked (`builder pull`); returns the Transfer."""
+    from builder.oci.transfer import pull as run_pull
+
+    return run_pull(reference, destination, insecure, force)

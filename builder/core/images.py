@@ -1,0 +1,121 @@
+"""Images: the one reader (files, folders, built-in photos) and resizing the way a family was trained."""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import numpy as np
+
+#: builder's own photos (builder/data/photos): calibration default, smoke run, verify and bench defaults
+PHOTOS = pathlib.Path(__file__).resolve().parents[1] / "data" / "photos"
+#: built-in photos used for calibration when the user gives none; the others stay held out for reports
+CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china")
+HELD_OUT_PHOTOS = ("grace_hopper", "flower")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the family's training pipeline turned an RGB uint8 image into the network input.
+
+    `channel_order` is the order the network consumes; `mean` and `std` are in 0..255 pixel units and
+    indexed in that order. `resize` is "letterbox" (keep aspect, scale the longest side to fit the input
+    less `letterbox_margin` pixels, then pad centred with `pad_value`) or "stretch" (resize to the input).
+    """
+
+    channel_order: Literal["RGB", "BGR"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Literal["letterbox", "stretch"]
+    pad_value: int = 114
+    letterbox_margin: int = 0
+
+    def describe(self) -> list[str]:
+        steps = ["cast uint8 -> float32"]
+        if any(self.mean):
+            steps.append(f"subtract mean {list(self.mean)} ({self.channel_order})")
+        if all(m == 0 for m in self.mean) and len(set(self.std)) == 1:
+            scale = f"scale by 1/{self.std[0]:g}"
+        else:
+            scale = f"divide by std {list(self.std)} ({self.channel_order})"
+        steps.append(("RGB -> BGR, " if self.channel_order == "BGR" else "") + scale)
+        return steps
+
+
+def read_image(path: pathlib.Path) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB, turned upright by its EXIF orientation."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def image_files(folder: str | pathlib.Path) -> list[pathlib.Path]:
+    """The image files under `folder`, subfolders included, sorted by path so that runs repeat."""
+    from builder.core.errors import UserError
+
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"images folder '{folder}' does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"images folder '{folder}' holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    return files
+
+
+def builtin_photos(names: Iterable[str]) -> list[tuple[str, np.ndarray]]:
+    return [(name, read_image(PHOTOS / f"{name}.jpg")) for name in names]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the resized image sits in the network input: input = original * scale + (pad_x, pad_y)."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """x1, y1, x2, y2 in network-input pixels -> in original-image pixels."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[..., [0, 2]] = (out[..., [0, 2]] - self.pad_x) / self.scale_x
+        out[..., [1, 3]] = (out[..., [1, 3]] - self.pad_y) / self.scale_y
+        return out
+
+
+def fit_to_input(image: np.ndarray, size: tuple[int, int], prep: Preprocessing) -> tuple[np.ndarray, Placement]:
+    """An H x W x 3 uint8 RGB image resized into `size` (H, W) by the family's policy, and its placement."""
+    from PIL import Image
+
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
+    height, width = size
+    h, w = image.shape[:2]
+    if prep.resize == "stretch":
+        resized = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        return resized, Placement(width / w, height / h, 0.0, 0.0)
+    scale = min((height - prep.letterbox_margin) / h, (width - prep.letterbox_margin) / w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    canvas = np.full((height, width, 3), prep.pad_value, dtype=np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas, Placement(new_w / w, new_h / h, float(left), float(top))
+
+
+def sample_input(prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
+    """One real photo (held out from calibration) resized as the family was trained: uint8 RGB [1, 3, H, W]."""
+    [(_, photo)] = builtin_photos(HELD_OUT_PHOTOS[:1])
+    return fit_to_input(photo, size, prep)[0].transpose(2, 0, 1)[None].copy()
+
+
+def to_network_input(batch_nchw_rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 RGB NCHW -> the float32 tensor the network was trained on (channel order, mean, std)."""
+    x = batch_nchw_rgb.astype(np.float32)
+    if prep.channel_order == "BGR":
+        x = x[:, ::-1]
+    mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(prep.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - mean) / std)

@@ -1,0 +1,1 @@
+"""Inference engines builder builds in the export stage: TensorRT plans."""
