@@ -114,7 +114,7 @@ def fp16_on_cuda(args) -> None:
             with torch.no_grad():
                 ms = timed(lambda: gpu_model.inner(x), args.runs, sync=torch.cuda.synchronize)
             rows.append((label, str(batch), f"{ms:.2f}", f"{batch * 1000 / ms:.0f}", f"{recall:.3f} ({matched}/{total})"))
-    print_table(f"FP16 on CUDA: yolo_nas_s {args.size}x{args.size}, eager PyTorch (fused)", rows)
+    print_titled_table(f"FP16 on CUDA: yolo_nas_s {args.size}x{args.size}, eager PyTorch (fused)", rows)
 
 
 def tensorrt_engines(args) -> None:
@@ -134,9 +134,9 @@ def tensorrt_engines(args) -> None:
         tmp = pathlib.Path(tmp)
         reference_onnx = tmp / "fp32_ort.onnx"
         builder.export(model, reference_onnx, input_image_shape=(args.size, args.size), dynamic_batch=True)
-        import onnxruntime as ort
+        from builder.exporting.sessions import inference_session
 
-        session = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
+        session = inference_session(reference_onnx)
         reference = [_batch_detections(session.run(None, {"images": images[i:i + 1]})) for i in range(len(images))]
         for precision in ("fp16", "int8"):
             for nms in ("tensorrt", "onnxruntime"):
@@ -157,7 +157,8 @@ def tensorrt_engines(args) -> None:
                                      f"{ms:.2f}", f"{recall:.3f} ({matched}/{total})", f"{built['seconds']:.0f}"))
                 except Exception as e:  # noqa: BLE001 - one failing flavour should not hide the others
                     rows.append((precision, nms, "-", "failed", f"{type(e).__name__}: {str(e)[:120]}", "-"))
-    print_table(f"TensorRT engines: yolo_nas_s {args.size}x{args.size} (timings include host<->device copies)", rows)
+    print_titled_table(f"TensorRT engines: yolo_nas_s {args.size}x{args.size} "
+                       "(timings include host<->device copies)", rows)
 
 
 def _batch_detections(outputs, names=None):
@@ -166,14 +167,11 @@ def _batch_detections(outputs, names=None):
     return [(float(scores[0, i]), int(classes[0, i]), np.asarray(boxes[0, i], dtype=np.float32)) for i in range(n)]
 
 
-def print_table(title: str, rows) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+def print_titled_table(title: str, rows) -> None:
+    from common import print_table
+
     print(f"\n### {title}\n")
-    for k, row in enumerate(rows):
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
-        if k == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    sys.stdout.flush()
+    print_table(rows[0], rows[1:])
 
 
 def main() -> None:

@@ -1,18 +1,16 @@
 """Benchmark: CPU latency, size and agreement with FP32 of builder's FP16 and INT8 end-to-end exports."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import pathlib
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-# the latency benchmark's session settings and interleaved timing, so the numbers compare (importing it
-# also puts tests/ on the path, for reference_weights)
-from export_latency import open_session, print_markdown, time_sessions
+# the latency benchmark's session settings and interleaved timing, so the numbers compare (importing
+# common also puts tests/ on the path, for reference_weights)
+from common import Timed, benchmark_parser, open_session, parse, print_table, time_sessions, work_folder
 
 SIZE = (640, 640)
 # fewer candidates than the latency benchmark's 300: the synthetic scores crowd just above the threshold,
@@ -21,21 +19,13 @@ DEFAULT_COUNT = 100
 
 
 @dataclass
-class Row:
+class Row(Timed):
     label: str
     path: pathlib.Path
     export_s: float
     report: dict | None
     error: str | None = None  # the export failed: shown in the table, not timed
     timings_ms: list[float] | None = None
-
-    @property
-    def median(self) -> float:
-        return float(np.median(self.timings_ms))
-
-    @property
-    def p90(self) -> float:
-        return float(np.percentile(self.timings_ms, 90))
 
     @property
     def size_mb(self) -> float:
@@ -190,7 +180,7 @@ def print_results(rows: list[Row]) -> None:
     fp32 = rows[0].median
     header = ["precision", "median ms", "p90 ms", "speed-up", "size MB", "export s", "recall", "precision",
               "mean IoU", "matched", "calibration"]
-    lines = [header]
+    lines = []
     for row in rows:
         if row.error is not None:
             lines.append([row.label, "failed"] + ["-"] * (len(header) - 2))
@@ -206,16 +196,13 @@ def print_results(rows: list[Row]) -> None:
             "-" if calibration is None else f"{calibration['method']}, {calibration['images']} images "
                                             f"({calibration['augmented']} crops/flips)",
         ])
-    print_markdown(lines)
+    print_table(header, lines)
 
 
 def parse_args(argv: list[str] | None = None):
     from builder.quantize.int8 import METHODS
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["yolo_nas_s", "ppyoloe_s"], metavar="VARIANT")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    parser = benchmark_parser(__doc__, DEFAULT_COUNT)
     parser.add_argument("--method", choices=METHODS, help="INT8 calibration method (default: builder's); entropy and "
                         "percentile hold every calibrated tensor in memory, ~0.4 GB per 640 px image")
     parser.add_argument("--calibration-count", type=int, metavar="N", help="INT8 calibration images (default: builder's)")
@@ -224,18 +211,13 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--both-prediction-convs", action="store_true",
                         help="also time INT8 with the final class/box convolutions the other way from builder's "
                              "default (quantized or left float32)")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
-                        help=f"(anchor, class) scores per photo above the threshold (default {DEFAULT_COUNT})")
     parser.add_argument("--weights", action="append", default=[], metavar="VARIANT=CHECKPOINT",
                         help="trained weights of a variant (train_shapes.py): INT8 calibrates on shape scenes and "
                              "the report compares on scenes drawn on the held-out photos; other variants get "
                              "synthetic weights")
     parser.add_argument("--held-out", type=int, default=32, metavar="N",
                         help="held-out scenes for trained weights (default 32)")
-    parser.add_argument("--workdir", type=pathlib.Path, help="keep the exported ONNX files here (default: a temp dir)")
-    args = parser.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0 or args.count < 1:
-        parser.error("--runs and --count must be at least 1, --warmup at least 0")
+    args = parse(parser, argv)
     if args.calibration_count is not None and args.calibration_count < 32:
         parser.error("--calibration-count: at least 32, or the INT8 row measures too small a calibration set")
     if args.calibration_images is not None and not args.calibration_images.is_dir():
@@ -252,15 +234,13 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or pathlib.Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with work_folder(args.workdir) as folder:
         for variant in args.models:
             if variant in args.checkpoints:
-                subject = trained_subject(variant, args.checkpoints[variant], args, workdir)
+                subject = trained_subject(variant, args.checkpoints[variant], args, folder)
             else:
                 subject = lively_subject(variant, args)
-            benchmark(subject, args, workdir)
+            benchmark(subject, args, folder)
 
 
 if __name__ == "__main__":

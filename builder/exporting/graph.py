@@ -37,12 +37,3 @@ class GraphEditor:
         for name, elem_type, shape in outputs:
             self.graph.output.append(helper.make_tensor_value_info(name, elem_type, shape))
 
-
-def rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a tensor everywhere it is produced or consumed."""
-    for node in graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-    for value in list(graph.output) + list(graph.value_info):
-        if value.name == old:
-            value.name = new

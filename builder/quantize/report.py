@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from builder.core.boxes import iou as box_iou
+
 #: the recall against FP32 (same class, IoU >= 0.5) each precision is expected to keep
 TARGET_RECALL = {"fp32": 0.99, "fp16": 0.99, "int8": 0.9}
 MATCH_IOU = 0.5
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda t: np.clip(t[:, 2] - t[:, 0], 0, None) * np.clip(t[:, 3] - t[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def match(reference: list[tuple], candidate: list[tuple]) -> list[float]:
@@ -24,14 +15,14 @@ def match(reference: list[tuple], candidate: list[tuple]) -> list[float]:
 
     Detections are (score, class, box[4]).
     """
-    return [iou for _, _, iou in match_pairs(reference, candidate)]
+    return [overlap for _, _, overlap in match_pairs(reference, candidate)]
 
 
 def match_pairs(reference: list[tuple], candidate: list[tuple]) -> list[tuple[int, int, float]]:
     """`match` as (reference index, candidate index, IoU) triples."""
     if not reference or not candidate:
         return []
-    ious = iou_matrix(np.stack([d[2] for d in reference]), np.stack([d[2] for d in candidate]))
+    ious = box_iou(np.stack([d[2] for d in reference]), np.stack([d[2] for d in candidate]))
     classes = np.array([d[1] for d in candidate])
     taken = np.zeros(len(candidate), dtype=bool)
     pairs = []

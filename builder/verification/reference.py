@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from builder.core.boxes import iou as box_iou
+
 
 def nms_per_class(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
     """Indices kept by greedy NMS within each class, best score first."""
@@ -18,14 +20,7 @@ def nms_per_class(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, io
         while members.size:
             best, rest = members[0], members[1:]
             keep.append(best)
-            x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-            y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-            x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-            y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-            inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-            area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
-            union = area(boxes[best]) + area(boxes[rest]) - inter
-            overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
+            overlap = box_iou(boxes[best][None], boxes[rest])[0]
             members = rest[overlap <= iou]
     keep = np.array(keep, dtype=np.int64)
     return keep[np.argsort(-scores[keep], kind="stable")] if keep.size else keep
