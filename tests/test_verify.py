@@ -139,8 +139,10 @@ def test_an_engine_bundle_without_tensorrt_here_is_one_clear_error(tmp_path):
 
     if tensorrt_version() is not None:
         pytest.skip("TensorRT is installed here")
-    manifest = {"target": "triton", "name": "det", "version": 1, "engine": "tensorrt",
-                "signature": {"outputs": [{"name": "num_dets"}]}}
+    from types import SimpleNamespace as fields  # the manifest fields model_file and open_model read
+
+    manifest = fields(target="triton", name="det", version=1, runtime="tensorrt",
+                      signature=fields(outputs=[fields(name="num_dets")]))
     assert model_file(tmp_path, manifest) == tmp_path / "model_repository/det/1/model.plan"
     with pytest.raises(UserError, match="is a TensorRT engine and TensorRT is not installed here"):
         open_model(tmp_path, manifest)

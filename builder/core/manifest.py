@@ -1,60 +1,192 @@
-"""manifest.json: what a bundle holds (every file's sha256 and size), what the model is, and what built it."""
+"""manifest.json: what a bundle holds (every file's sha256 and size), what the model is, and what built it.
+
+One typed model, `BundleManifest`, written by `builder bundle` and validated on every read (push, pull,
+verify, bench): a hand-edited or truncated manifest is one clear error, never a KeyError later.
+"""
 from __future__ import annotations
 
 import json
 import pathlib
+import re
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+#: the schema version; 2 named the NMS flavour and the runtime apart (1 had one `engine` field)
+MANIFEST_FORMAT = 2
+SHA256 = re.compile(r"[0-9a-f]{64}")
+#: the largest dimension a signature may declare (a 65536 x 65536 image is already 12 GiB of uint8)
+MAX_DIM = 1 << 16
 
 
-def file_entries(folder: pathlib.Path) -> list[dict]:
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Record):
+    name: str = Field(min_length=1, max_length=256)
+    dtype: Literal["uint8", "int8", "int32", "int64", "float16", "float32", "bool"]
+    shape: list[Union[int, str]] = Field(max_length=8)
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list) -> list:
+        for d in shape:
+            if isinstance(d, int) and not 0 <= d <= MAX_DIM:
+                raise ValueError(f"dimension {d} is outside 0..{MAX_DIM}")
+            if isinstance(d, str) and not re.fullmatch(r"[A-Za-z_?][A-Za-z0-9_]{0,63}", d):
+                raise ValueError(f"symbolic dimension {d!r} is not a name")
+        return shape
+
+
+class Signature(_Record):
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=16)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=16)
+
+
+class WeightsRecord(_Record):
+    source: str
+    sha256: Optional[str] = Field(None, pattern=SHA256.pattern)
+    seed: Optional[int] = None
+
+
+class ModelRecord(_Record):
+    variant: str
+    family: str
+    num_classes: int = Field(ge=1, le=100_000)
+    weights: WeightsRecord
+
+
+class PreprocessingRecord(_Record):
+    channel_order: Literal["RGB", "BGR"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Literal["letterbox", "stretch"]
+    pad_value: int = Field(ge=0, le=255)
+    letterbox_margin: int = Field(ge=0)
+    in_graph: list[str]
+    #: the resize in words, as the export printed it
+    resize_description: str
+
+
+class PostprocessingRecord(_Record):
+    confidence_threshold: float = Field(ge=0, le=1)
+    iou_threshold: float = Field(ge=0, le=1)
+    pre_nms_top_k: int = Field(ge=1)
+    max_detections: int = Field(ge=1)
+    class_aware: bool
+    output_format: Literal["batch", "flat"]
+
+
+class AccuracyRecord(_Record):
+    report: str
+    recall: float
+    meets_target: bool
+
+
+class FileEntry(_Record):
+    path: str = Field(min_length=1, max_length=4096)
+    sha256: str = Field(pattern=SHA256.pattern)
+    size: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        parts = path.split("/")
+        if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{path!r} is not a plain relative path inside the bundle")
+        return path
+
+
+class BundleManifest(_Record):
+    """manifest.json, field for field."""
+
+    manifest_format: Literal[2] = MANIFEST_FORMAT
+    name: str
+    version: int = Field(ge=1)
+    target: str
+    model: ModelRecord
+    precision: Literal["fp32", "fp16", "int8"]
+    nms: str
+    runtime: str
+    signature: Signature
+    preprocessing: PreprocessingRecord
+    postprocessing: PostprocessingRecord
+    class_names: list[str]
+    versions: dict[str, str]
+    stage: dict[str, Any] = Field(default_factory=dict)
+    tensorrt: Optional[dict[str, Any]] = None
+    accuracy: Optional[AccuracyRecord] = None
+    files: list[FileEntry] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
+
+
+def file_entries(folder: pathlib.Path) -> list[FileEntry]:
     from builder.core.hashing import sha256_of
 
-    return [{"path": p.relative_to(folder).as_posix(), "sha256": sha256_of(p), "size": p.stat().st_size}
+    return [FileEntry(path=p.relative_to(folder).as_posix(), sha256=sha256_of(p), size=p.stat().st_size)
             for p in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
             if p.is_file() and p.name != MANIFEST]
 
 
-def write_manifest(folder: pathlib.Path, description: dict) -> dict:
+def write_manifest(folder: pathlib.Path, description: dict) -> BundleManifest:
     """manifest.json in `folder`: `description` plus the files, written last so that it covers them all."""
     from builder.core.files import atomic_file
 
-    manifest = {"manifest_format": MANIFEST_FORMAT, **description, "files": file_entries(folder)}
+    manifest = BundleManifest(**description, files=file_entries(folder))
     with atomic_file(folder / MANIFEST) as f:
-        f.write((json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+        f.write(manifest.to_json().encode("utf-8"))
     return manifest
 
 
-def read_manifest(folder: pathlib.Path) -> dict:
+def parse_manifest(data: Any, origin: str) -> BundleManifest:
+    """Validated manifest content; a problem is one line naming the field."""
+    from builder.core.errors import UserError
+
+    if not isinstance(data, dict) or "files" not in data:
+        raise UserError(f"'{origin}' is not a builder manifest")
+    found = data.get("manifest_format")
+    if found != MANIFEST_FORMAT:
+        raise UserError(f"'{origin}' has manifest format {found!r}; this builder reads format {MANIFEST_FORMAT}",
+                        hint="rebuild the bundle with this builder, or use the builder that made it")
+    try:
+        return BundleManifest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"'{origin}' is not a valid builder manifest: {where}: {first['msg']}") from None
+
+
+def read_manifest(folder: pathlib.Path) -> BundleManifest:
     from builder.core.errors import UserError
 
     path = pathlib.Path(folder) / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"'{folder}' is not a bundle: it has no {MANIFEST}") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read '{path}': {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        raise UserError(f"'{path}' is not a builder manifest")
-    return manifest
+    return parse_manifest(data, str(path))
 
 
-def check_files(folder: pathlib.Path) -> dict:
+def check_files(folder: pathlib.Path) -> BundleManifest:
     """The bundle's manifest, after checking that the folder holds exactly its files with their sha256."""
     from builder.core.errors import UserError
 
     folder = pathlib.Path(folder)
     manifest = read_manifest(folder)
-    listed = {entry["path"]: entry for entry in manifest["files"]}
-    actual = {entry["path"]: entry for entry in file_entries(folder)}
+    listed = {entry.path: entry for entry in manifest.files}
+    actual = {entry.path: entry for entry in file_entries(folder)}
     missing, extra = sorted(set(listed) - set(actual)), sorted(set(actual) - set(listed))
     if missing:
         raise UserError(f"bundle '{folder}' lacks {len(missing)} file(s) its manifest lists: {', '.join(missing[:5])}")
     if extra:
         raise UserError(f"bundle '{folder}' holds {len(extra)} file(s) its manifest does not list: {', '.join(extra[:5])}")
-    changed = [p for p in listed if (listed[p]["sha256"], listed[p]["size"]) != (actual[p]["sha256"], actual[p]["size"])]
+    changed = [p for p in listed if listed[p] != actual[p]]
     if changed:
         raise UserError(f"bundle '{folder}': {len(changed)} file(s) differ from the manifest's sha256: "
                         f"{', '.join(changed[:5])}")

@@ -35,22 +35,21 @@ class Transfer:
         return f"{self.reference}@{self.digest}"
 
 
-def annotations_of(manifest: dict, manifest_sha256: str) -> dict[str, str]:
+def annotations_of(manifest, manifest_sha256: str) -> dict[str, str]:
+    """OCI annotations from a (validated) BundleManifest: what a registry UI shows without pulling."""
     from builder.core.version import __version__
 
-    postprocessing = manifest.get("postprocessing") or {}
-    values = {
-        "org.opencontainers.image.title": str(manifest.get("name", "")),
-        "org.opencontainers.image.version": str(manifest.get("version", "")),
-        f"{ANNOTATION_PREFIX}model": str((manifest.get("model") or {}).get("variant", "")),
-        f"{ANNOTATION_PREFIX}version": str(manifest.get("version", "")),
-        f"{ANNOTATION_PREFIX}target": str(manifest.get("target", "")),
-        f"{ANNOTATION_PREFIX}precision": str(manifest.get("precision", "")),
-        f"{ANNOTATION_PREFIX}output-format": str(postprocessing.get("output_format", "")),
-        f"{ANNOTATION_PREFIX}builder-version": str((manifest.get("versions") or {}).get("builder", __version__)),
+    return {
+        "org.opencontainers.image.title": manifest.name,
+        "org.opencontainers.image.version": str(manifest.version),
+        f"{ANNOTATION_PREFIX}model": manifest.model.variant,
+        f"{ANNOTATION_PREFIX}version": str(manifest.version),
+        f"{ANNOTATION_PREFIX}target": manifest.target,
+        f"{ANNOTATION_PREFIX}precision": manifest.precision,
+        f"{ANNOTATION_PREFIX}output-format": manifest.postprocessing.output_format,
+        f"{ANNOTATION_PREFIX}builder-version": manifest.versions.get("builder", __version__),
         f"{ANNOTATION_PREFIX}manifest-sha256": manifest_sha256,
     }
-    return values
 
 
 def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> Transfer:
@@ -66,7 +65,7 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> 
     manifest = check_files(folder)  # never publish a bundle that differs from its own manifest
     client = RegistryClient(ref, insecure)
     with tempfile.TemporaryDirectory(prefix="builder-push-") as tmp:
-        name = str(manifest.get("name") or "bundle")
+        name = manifest.name
         layer_path = pathlib.Path(tmp) / f"{name}.tar.gz"
         write_archive(folder, layer_path, root=name)  # the root is the bundle's name, not the folder's
         manifest_path = folder / MANIFEST
@@ -90,8 +89,8 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> 
 
 def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False) -> Transfer:
     from builder.core.archive import extract_archive
-    from builder.core.manifest import check_files
-    from builder.core.files import check_folder_destination, staged_folder
+    from builder.core.files import check_folder_destination, parents_made, staged_folder
+    from builder.core.manifest import check_files, parse_manifest
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
 
@@ -107,7 +106,8 @@ def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False
     bundle_layers = [layer for layer in layers if isinstance(layer, dict) and layer.get("mediaType") == LAYER_MEDIA_TYPE]
     if len(bundle_layers) != 1:
         raise UserError(f"'{ref.name}' has {len(bundle_layers)} bundle layers; expected one")
-    with tempfile.TemporaryDirectory(prefix="builder-pull-", dir=destination.resolve().parent) as tmp:
+    with parents_made(destination), tempfile.TemporaryDirectory(prefix="builder-pull-",
+                                                                dir=destination.absolute().parent) as tmp:
         config_path, layer_path = pathlib.Path(tmp) / "manifest.json", pathlib.Path(tmp) / "bundle.tar.gz"
         client.fetch_blob(config, config_path, max_size=64 << 20)
         notice(f"downloading {bundle_layers[0].get('size', 0):,} bytes from {ref.registry} ...")
@@ -118,7 +118,11 @@ def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False
         with staged_folder(destination, force) as staging:
             extract_archive(layer_path, staging, MAX_BUNDLE_BYTES)
             manifest = check_files(staging)
-            if json.loads(config_path.read_bytes()) != manifest:
+            try:
+                announced = parse_manifest(json.loads(config_path.read_bytes()), f"{ref.name} (artifact config)")
+            except ValueError:
+                raise UserError(f"'{ref.name}': the artifact's config is not JSON") from None
+            if announced != manifest:
                 raise UserError(f"'{ref.name}': the bundle's manifest.json differs from the artifact's config")
     notice(f"pulled {ref.name}@{digest} into {destination}")
     return Transfer(ref.name, digest, destination.resolve(), bundle_layers[0]["size"])

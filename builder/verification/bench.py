@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 
 from builder.core.errors import UserError
+from builder.core.extras import require
+from builder.core.tables import text_table
 
 WARMUP_RUNS = 3
 
@@ -51,9 +53,8 @@ class BenchResult:
                                                    f"{d['p50_ms']:.2f}", f"{d['p90_ms']:.2f}", f"{d['p99_ms']:.2f}",
                                                    f"{d['images_per_s']:.1f}"))
                            for d in (r.as_dict() for r in self.rows)]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-        return "\n".join([f"bench {self.bundle} ({self.runtime})", *lines, *[f"skipped: {s}" for s in self.skipped]])
+        return "\n".join([f"bench {self.bundle} ({self.runtime})", *text_table(rows, "r" * len(header)),
+                          *[f"skipped: {s}" for s in self.skipped]])
 
 
 def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), threads: Optional[int] = None,
@@ -66,7 +67,7 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
     if duration <= 0 or any(b < 1 for b in batch_sizes) or concurrency < 1:
         raise UserError("--duration, --batch-sizes and --concurrency must be positive")
     image = _input_image(manifest)
-    fixed = manifest["signature"]["inputs"][0]["shape"][0]
+    fixed = manifest.signature.inputs[0].shape[0]
     most = _most_per_request(folder, manifest, url)
     sizes, skipped = [], []
     for b in batch_sizes:
@@ -79,6 +80,7 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
     if isinstance(fixed, int) and fixed not in sizes:
         sizes.append(fixed)
     if url is None:
+        require("bench")
         from builder.verification.runtime import open_model
 
         run, runtime = open_model(folder, manifest, threads)
@@ -95,17 +97,20 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
 def _input_image(manifest: dict) -> np.ndarray:
     from builder.core.images import Preprocessing, sample_input
 
-    recorded = manifest["preprocessing"]
-    prep = Preprocessing(**{name: recorded[name] for name in Preprocessing.__dataclass_fields__})
-    return sample_input(prep, tuple(manifest["signature"]["inputs"][0]["shape"][2:]))
+    recorded = manifest.preprocessing
+    prep = Preprocessing(**{name: getattr(recorded, name) for name in Preprocessing.__dataclass_fields__})
+    return sample_input(prep, tuple(manifest.signature.inputs[0].shape[2:]))
 
 
-def _most_per_request(folder: pathlib.Path, manifest: dict, url: Optional[str]) -> Optional[int]:
-    if url is None or manifest["target"] != "triton":
+def _most_per_request(folder: pathlib.Path, manifest, url: Optional[str]) -> Optional[int]:
+    from builder.targets import target_class
+
+    path = target_class(manifest.target).triton_config(folder, manifest) if url is not None else None
+    if path is None:
         return None
-    from builder.targets.triton import parse_config
+    from builder.targets.triton.config import parse_config
 
-    config = parse_config((folder / "model_repository" / manifest["name"] / "config.pbtxt").read_text(), "the bundle")
+    config = parse_config(path.read_text(), "the bundle")
     return config.max_batch_size or None
 
 
@@ -115,21 +120,21 @@ def _triton_runner(manifest: dict, url: str, protocol: str):
     else:
         import tritonclient.http as triton
     local = threading.local()  # one client per thread: the HTTP client is not shared across threads
-    name = manifest["signature"]["inputs"][0]["name"]
+    name = manifest.signature.inputs[0].name
 
     def run(batch):
         if not hasattr(local, "client"):
             local.client = triton.InferenceServerClient(url=url)
         request = triton.InferInput(name, list(batch.shape), "UINT8")
         request.set_data_from_numpy(batch)
-        return local.client.infer(manifest["name"], [request], model_version=str(manifest["version"]))
+        return local.client.infer(manifest.name, [request], model_version=str(manifest.version))
 
-    shape = manifest["signature"]["inputs"][0]["shape"]
+    shape = manifest.signature.inputs[0].shape
     probe = [1 if isinstance(shape[0], str) else shape[0], *shape[1:]]  # a dynamic batch: one image
     try:
         run(np.zeros(probe, np.uint8))
     except Exception as e:  # tritonclient raises its own and socket errors
-        raise UserError(f"cannot run '{manifest['name']}' on Triton at {url}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot run '{manifest.name}' on Triton at {url}: {str(e).splitlines()[0][:200]}") from None
     return run
 
 

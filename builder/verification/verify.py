@@ -17,6 +17,8 @@ from typing import Optional
 import numpy as np
 
 from builder.core.errors import UserError
+from builder.core.extras import require
+from builder.core.tables import text_table
 
 #: per precision: least recall and precision against PyTorch, most box deviation (network-input pixels)
 #: and score deviation of matched detections (None: not gated; INT8 moves boxes and scores by design)
@@ -90,9 +92,7 @@ class VerifyResult:
             rows.append(("overall" if r is None else d["image"], str(d["reference"]), str(d["bundle"]),
                          str(d["matched"]), f"{d['recall']:.3f}", f"{d['precision']:.3f}",
                          f"{d['max_box_deviation_px']:.3f}", f"{d['max_score_deviation']:.4f}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                 for row in rows]
+        lines = text_table(rows, "lrrrrrrr")
         verdict = "PASSED" if self.passed else "FAILED: " + "; ".join(self.failures)
         return "\n".join([f"verify {self.bundle} ({self.precision}, {self.runtime} vs PyTorch)", *lines, verdict])
 
@@ -103,6 +103,7 @@ def _ratio(part: int, whole: int) -> float:
 
 def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Optional[str] = None,
            url: Optional[str] = None, protocol: str = "http", count: int = DEFAULT_IMAGE_COUNT) -> VerifyResult:
+    require("export")
     from builder.core.manifest import check_files
     from builder.targets.spec import BundleSpec, read_spec_file
     from builder.stage.export import load_model
@@ -119,10 +120,10 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
     _check_weights(manifest, spec.export.weights, spec.export.model)
     model = load_model(spec.export).eval()
     photos = _images(images, count)
-    settings = {**manifest["postprocessing"]}
-    precision = manifest["precision"]
+    settings = manifest.postprocessing.model_dump()
+    precision = manifest.precision
     gate = GATES[precision]
-    height, width = manifest["signature"]["inputs"][0]["shape"][2:]
+    height, width = manifest.signature.inputs[0].shape[2:]
     prep = model.family.preprocessing
 
     if url is not None:
@@ -134,7 +135,7 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
 
         candidates = None
         run, runtime = open_model(folder, manifest)
-        fixed = manifest["signature"]["inputs"][0]["shape"][0]
+        fixed = manifest.signature.inputs[0].shape[0]
     results = []
     for index, (name, path) in enumerate(photos):
         image = _read(path)
@@ -147,7 +148,7 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
             found = candidates[index]
         limit = None if gate["box_px"] is None else gate["box_px"] / min(placement.scale_x, placement.scale_y)
         results.append(ImageResult(name, str(path), reference, found, match_pairs(reference, found), limit))
-    result = VerifyResult(folder.resolve(), precision, runtime, results, gate, class_names=manifest["class_names"])
+    result = VerifyResult(folder.resolve(), precision, runtime, results, gate, class_names=manifest.class_names)
     totals = result.totals
     if totals["recall"] < gate["recall"]:
         result.failures.append(f"recall {totals['recall']:.3f} < {gate['recall']}")
@@ -163,11 +164,11 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
     return result
 
 
-def _check_weights(manifest: dict, weights: Optional[str], variant: str) -> None:
+def _check_weights(manifest, weights: Optional[str], variant: str) -> None:
     """The reference must be built from the weights the bundle was built from."""
     from builder.targets.build import weights_record
 
-    recorded = manifest["model"]["weights"]
+    recorded = manifest.model.weights.model_dump(exclude_none=True)
     if weights is None and recorded.get("source") != "random":
         raise UserError(f"the bundle was built from weights '{recorded.get('source')}': give them with --weights")
     actual = weights_record(variant, weights)
@@ -206,12 +207,12 @@ def _to_original(detections: list[tuple], placement, shape) -> list[tuple]:
     return out
 
 
-def _run_model(run, batch: np.ndarray, fixed, manifest: dict) -> list[tuple]:
+def _run_model(run, batch: np.ndarray, fixed, manifest) -> list[tuple]:
     from builder.exporting.outputs import detections_of
 
     if isinstance(fixed, int) and fixed > 1:  # a fixed batch: pad with blank images
         batch = np.concatenate([batch, np.zeros((fixed - 1,) + batch.shape[1:], np.uint8)])
-    return detections_of(run(batch), manifest["postprocessing"]["output_format"])
+    return detections_of(run(batch), manifest.postprocessing.output_format)
 
 
 def _through_client(folder: pathlib.Path, paths: list[pathlib.Path], url: str, protocol: str) -> list[list[tuple]]:
