@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import builder
-from builder.targets.render import Renderer, pbtxt_string, python_literal
+from builder.targets.render import SHIPPED, Renderer, pbtxt_string, python_literal
 from builder.targets.spec import BundleSpec
 from builder.targets.triton import check_config, parse_config, render_config
 from builder.core.errors import UserError
@@ -155,7 +155,7 @@ def test_golden_configs(case):
 def test_a_release_team_override_adds_a_rate_limiter(weights, tmp_path):
     templates = tmp_path / "templates" / "triton"
     templates.mkdir(parents=True)
-    shipped = (pathlib.Path(builder.__file__).parent / "templates/triton/config.pbtxt.j2").read_text()
+    shipped = (SHIPPED / "triton/config.pbtxt.j2").read_text()
     templates.joinpath("config.pbtxt.j2").write_text(shipped.replace(
         "  kind: {{ instance_group.kind }}\n",
         "  kind: {{ instance_group.kind }}\n  rate_limiter { resources [ { name: \"gpu_slots\" count: 2 } ] }\n"))
@@ -176,7 +176,7 @@ def test_a_release_team_override_adds_a_rate_limiter(weights, tmp_path):
 def test_a_bad_override_is_refused_with_the_field_and_leaves_nothing(edit, message, tmp_path):
     templates = tmp_path / "t" / "triton"
     templates.mkdir(parents=True)
-    shipped = (pathlib.Path(builder.__file__).parent / "templates/triton/config.pbtxt.j2").read_text()
+    shipped = (SHIPPED / "triton/config.pbtxt.j2").read_text()
     assert edit[0] in shipped
     templates.joinpath("config.pbtxt.j2").write_text(shipped.replace(edit[0], edit[1], 1))
     with pytest.raises(UserError, match="override") as e:

@@ -50,6 +50,8 @@ def test_state_dict_keys_and_shapes_equal_supergradients(variant, num_classes, s
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_form_parameter_count_is_exact(variant, sg_state_dicts):
     assert parameter_count(variant) == TRAINING_FORM_PARAMETERS[variant] == sg_state_dicts[f"{variant}@80"]["parameters"]
+    # the family's torch-free declaration (what `builder models` lists on a host) says the same
+    assert family_of(variant).parameters[variant] == parameter_count(variant)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

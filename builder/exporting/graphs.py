@@ -77,17 +77,15 @@ def keep_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def with_postprocessing(graph: onnx.ModelProto, spec: ExportSpec, settings: dict) -> onnx.ModelProto:
     """Builder's NMS and output format appended to a traced graph (a copy when it has raw outputs too)."""
-    from builder.exporting import nms as nms_graph
+    from builder.exporting.nms import NMSSettings
 
     names = [o.name for o in graph.graph.output]
     if not spec.postprocessing or names[:2] != TOP_K_OUTPUTS:
         return keep_outputs(graph, RAW_OUTPUTS) if TOP_K_OUTPUTS[0] in names else graph
     graph = keep_outputs(graph, TOP_K_OUTPUTS) if len(names) > 2 else graph
     batch = "batch" if spec.dynamic_batch else spec.batch_size
-    nms = nms_graph.NMSSettings(settings["conf"], settings["iou"], spec.max_predictions_per_image,
-                                spec.output_predictions_format)
-    append = nms_graph.append_tensorrt_nms if spec.engine == "tensorrt" else nms_graph.append_onnx_nms
-    append(graph, *TOP_K_OUTPUTS, batch, settings["top_k"], settings["num_classes"], nms)
+    nms = NMSSettings(settings["conf"], settings["iou"], spec.max_predictions_per_image, spec.output_predictions_format)
+    spec.flavour.append(graph, *TOP_K_OUTPUTS, batch, settings["top_k"], settings["num_classes"], nms)
     if isinstance(batch, str):  # the exporter names the symbolic batch itself; use the outputs' name
         graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param = batch
     return graph

@@ -12,7 +12,6 @@ import warnings
 import onnx
 import torch
 
-from builder.core.errors import UserError
 
 
 def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: list[str] | None,
@@ -26,9 +25,11 @@ def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: 
         warnings.simplefilter("ignore")
         torch_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed": not our concern
         path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(module, (example,), path, dynamo=True, opset_version=opset, input_names=["images"],
-                          output_names=output_names, dynamic_axes=dynamic, external_data=False, verbose=False)
-        torch_log.setLevel(level)
+        try:
+            torch.onnx.export(module, (example,), path, dynamo=True, opset_version=opset, input_names=["images"],
+                              output_names=output_names, dynamic_axes=dynamic, external_data=False, verbose=False)
+        finally:  # a failed export must not leave torch's logger silenced for the rest of the process
+            torch_log.setLevel(level)
         return onnx.load(path)
 
 
@@ -48,24 +49,11 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def check_destination(destination: pathlib.Path) -> pathlib.Path:
-    """Refuse an unusable output path up front, before minutes of work."""
-    destination = destination.resolve()
-    if destination.suffix != ".onnx":
-        raise UserError(f"output '{destination}' must end in .onnx")
-    if destination.is_dir():
-        raise UserError(f"output '{destination}' is a directory; give a file name such as model.onnx")
-    from builder.core.files import missing_parents
-
-    missing_parents(destination)  # missing folders are made when the file is written; a file in the way is not
-    return destination
-
-
 def save_atomically(model: onnx.ModelProto, destination: pathlib.Path) -> None:
     """Write next to the destination, then rename: readers see the old file or the whole new one."""
-    from builder.core.files import atomic_file
+    from builder.core.files import atomic_file, check_model_destination
 
-    with atomic_file(check_destination(destination)) as f:
+    with atomic_file(check_model_destination(destination)) as f:
         f.write(model.SerializeToString())
 
 

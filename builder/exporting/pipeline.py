@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from builder.models.base import Detector, Preprocessing, distances_to_boxes, expected_distances
+from builder.core.images import Preprocessing
+from builder.models.base import Detector, distances_to_boxes, expected_distances
 
 
 class CastAndCentre(nn.Module):

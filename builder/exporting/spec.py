@@ -29,7 +29,8 @@ class ExportSpec(BaseModel):
     num_pre_nms_predictions: int = Field(1000, ge=1, description="Candidates (by best class score) that enter NMS.")
     max_predictions_per_image: int = Field(1000, ge=1, description="Detections kept per image, best scores first.")
     output_predictions_format: Literal["batch", "flat"] = Field("batch", description="batch: num/boxes/scores/classes tensors; flat: [N, 7] rows.")
-    engine: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Which NMS the graph carries: ONNX NonMaxSuppression or TensorRT's EfficientNMS plugin.")
+    nms: str = Field("onnx", description="NMS in the graph: onnx (ONNX NonMaxSuppression) or tensorrt (TensorRT's EfficientNMS plugin).")
+    runtime: str = Field("onnxruntime", description="What serves the model: onnxruntime (the ONNX file) or tensorrt (an engine built from it).")
     onnx_opset: int = Field(DEFAULT_OPSET, ge=17, le=21, description="ONNX opset of the export.")
     onnx_simplify: bool = Field(True, description="Simplify the graph (constant folding, shape cleanup).")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the network (decode and NMS stay float32).")
@@ -37,6 +38,46 @@ class ExportSpec(BaseModel):
     calibration_count: int = Field(64, ge=1, description="How many calibration images to use.")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How INT8 activation ranges are chosen from the calibration images.")
     report_images: Optional[str] = Field(None, description="Folder of held-out images (not the calibration ones) on which the FP16/INT8 accuracy report compares against FP32. Default: builder's built-in photos.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_shorthand(cls, values: Any) -> Any:
+        """SuperGradients' `engine=` names a runtime and, with it, the NMS flavour that runtime carries."""
+        if not isinstance(values, dict) or values.get("engine") is None:
+            if isinstance(values, dict):
+                values = {k: v for k, v in values.items() if k != "engine"}
+            return values
+        from builder.exporting.nms import for_engine
+
+        values = dict(values)
+        engine = values.pop("engine")
+        if not isinstance(engine, str):
+            raise ValueError(f"engine must be text ('onnxruntime' or 'tensorrt'), got {type(engine).__name__}")
+        engine = engine.lower()
+        try:
+            chosen = for_engine(engine)
+        except UserError as e:
+            raise ValueError(e.one_line()) from None
+        for field, value in (("nms", chosen.name), ("runtime", engine)):
+            if values.get(field) is not None and values[field] != value:
+                raise ValueError(f"engine={engine!r} means {field}={value!r}, but {field}={values[field]!r} was given: "
+                                 f"give one of them")
+            values[field] = value
+        return values
+
+    @field_validator("nms")
+    @classmethod
+    def _known_flavour(cls, value: str) -> str:
+        from builder.exporting.nms import flavour
+
+        return registered(flavour, value)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from builder.exporting.runtimes import runtime
+
+        return registered(runtime, value)
 
     @field_validator("input_image_shape")
     @classmethod
@@ -55,9 +96,31 @@ class ExportSpec(BaseModel):
             raise ValueError("calibration_images only apply to precision int8")
         if self.report_images is not None and self.precision == "fp32":
             raise ValueError("report_images only apply to precision fp16 or int8 (the report compares against fp32)")
-        if not self.postprocessing and self.engine != "onnxruntime":
-            raise ValueError("engine selects the NMS flavour; without postprocessing there is none")
+        if not self.postprocessing and self.nms != type(self).model_fields["nms"].default:
+            raise ValueError("nms selects the NMS flavour; without postprocessing there is none")
+        if self.runtime not in self.flavour.runtimes:
+            raise ValueError(f"the {self.nms} NMS ({self.flavour.description}) runs on {', '.join(self.flavour.runtimes)}, "
+                             f"not on {self.runtime}")
         return self
+
+    @property
+    def flavour(self):
+        """The NMS flavour object: its graph, outputs and runtimes."""
+        from builder.exporting.nms import flavour
+
+        return flavour(self.nms)
+
+    @property
+    def serving(self):
+        """The runtime object that serves the model: Triton platform, plan build, INT8 encoding."""
+        from builder.exporting.runtimes import runtime
+
+        return runtime(self.runtime)
+
+    @property
+    def engine(self) -> str:
+        """SuperGradients' name for the runtime."""
+        return self.runtime
 
     @classmethod
     def create(cls, **values: Any) -> "ExportSpec":
@@ -66,6 +129,15 @@ class ExportSpec(BaseModel):
             return cls(**values)
         except ValidationError as e:
             raise UserError(validation_message(e)) from None
+
+
+def registered(lookup, name: str) -> str:
+    """`name` when the registry `lookup` knows it; else the registry's one-line error, as a validation error."""
+    try:
+        lookup(name)
+    except UserError as e:
+        raise ValueError(e.one_line()) from None
+    return name
 
 
 def validation_message(error: ValidationError) -> str:

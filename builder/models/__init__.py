@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from builder.core.extras import require
+
 if TYPE_CHECKING:
     from builder.models.base import Detector
 
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
 def get(model_name: str, num_classes: int | None = None, checkpoint_path: str | None = None,
         pretrained_weights: str | None = None, **kwargs: Any) -> "Detector":
     """Build a variant and load weights: a checkpoint file, a URL, or `pretrained_weights="coco"`."""
+    require("export", "torch")
     from builder.models.registry import build
 
     return build(model_name, num_classes=num_classes, checkpoint_path=checkpoint_path,

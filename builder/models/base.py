@@ -1,13 +1,13 @@
-"""What a detector family declares, and the anchor-free distribution-focal decode both families share."""
+"""The detector base class, and the anchor-free distribution-focal decode both families share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from builder.core.images import Preprocessing  # noqa: F401  (families declare it through here)
+if TYPE_CHECKING:
+    from builder.models.family import Family
 
 
 class Detector(nn.Module):
@@ -23,7 +23,7 @@ class Detector(nn.Module):
     reg_max: int = 16
     #: filled in by the registry when a variant is built
     variant: str = ""
-    family: "Family"
+    family: "Family"  # builder.models.family.Family
     num_classes: int
     #: from the checkpoint's processing params, when it recorded them
     class_names: list[str] | None = None
@@ -98,20 +98,3 @@ def distances_to_boxes(distances: torch.Tensor, anchors: torch.Tensor, strides: 
     """(left, top, right, bottom) distances in strides around anchor centres -> x1, y1, x2, y2 in pixels."""
     lt, rb = (distances * strides).split(2, dim=-1)
     return torch.cat((anchors - lt, anchors + rb), dim=-1)
-
-
-@dataclass(frozen=True)
-class Family:
-    """A model family: its variants, the preprocessing it was trained with, and its default thresholds."""
-
-    name: str
-    builders: dict[str, Callable[[int], Detector]]
-    preprocessing: Preprocessing
-    default_confidence: float
-    default_iou: float
-    input_size: tuple[int, int] = (640, 640)
-    pretrained_url: str = "https://sghub.deci.ai/models/{variant}_coco.pth"
-
-    @property
-    def variants(self) -> Sequence[str]:
-        return tuple(self.builders)

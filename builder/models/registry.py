@@ -5,13 +5,16 @@ import functools
 import importlib
 import os
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.core.errors import UserError, did_you_mean
 from builder.core.log import warn
-from builder.models.base import Detector, Family
+from builder.models.family import Family
 
-# adding a family means adding its module here, nothing else
+if TYPE_CHECKING:
+    from builder.models.base import Detector
+
+# adding a family means adding its folder (FAMILY in __init__.py, BUILDERS in its network module) and a line here
 FAMILY_MODULES = ("builder.models.yolo_nas", "builder.models.ppyoloe")
 DEFAULT_NUM_CLASSES = 80
 
@@ -36,12 +39,12 @@ def family_of(variant: str) -> Family:
 RANDOM_WEIGHTS_SEED = 0
 
 
-def construct(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> Detector:
+def construct(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> "Detector":
     """The variant with fresh (random) weights, in training form."""
     family = family_of(variant)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = family.builders[variant](num_classes)
+    model = family.builder(variant)(num_classes)
     model.variant = variant
     model.family = family
     model.num_classes = num_classes
@@ -95,7 +98,7 @@ def num_classes_in(variant: str, state: dict[str, Any]) -> int | None:
 
 
 def build(variant: str, num_classes: int | None = None, checkpoint_path: str | None = None,
-          pretrained_weights: str | None = None, **unknown: Any) -> Detector:
+          pretrained_weights: str | None = None, **unknown: Any) -> "Detector":
     """The variant with weights loaded strictly; random weights (with a warning) when none are given."""
     from builder.models.checkpoints import (checkpoint_class_names, extract_state_dict, read_checkpoint,
                                             state_dict_mismatch)

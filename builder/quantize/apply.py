@@ -1,15 +1,12 @@
 """FP16 or INT8 applied to a traced export, with the report that says what it cost against FP32."""
 from __future__ import annotations
 
-import json
-import pathlib
 
 import numpy as np
 import onnx
 
-from builder.core.files import atomic_file
 from builder.core.log import warn
-from builder.models.base import Preprocessing
+from builder.core.images import Preprocessing
 from builder.exporting.spec import ExportSpec
 
 # The last convolutions emit the class logits and the box distributions. The class-logit convolutions stay
@@ -40,7 +37,7 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
         calibration = calibration_images(size, prep, spec.calibration_count, spec.calibration_images, loader)
         keep = set(class_prediction_convs(graph, region, settings["num_classes"])) if KEEP_CLASS_CONVS_FLOAT else set()
         quantized = quantize_int8(graph, region, calibration.batches, spec.calibration_method, keep)
-        if spec.engine == "onnxruntime":
+        if spec.serving.int8_activation_zero_point == 128:
             encode_activations_uint8(quantized)
     builtin = calibration is not None and spec.calibration_images is None and loader is None
     held_out = held_out_images(size, prep, calibrated_on_builtin=builtin, folder=spec.report_images,
@@ -70,7 +67,7 @@ def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held
 
     # detections always through ONNX NonMaxSuppression in batch format, whatever the deployed flavour
     runnable = spec.model_copy(update={"postprocessing": True, "output_predictions_format": "batch",
-                                       "engine": "onnxruntime"})
+                                       "nms": "onnx", "runtime": "onnxruntime"})
     raw_ref = _run_all(keep_outputs(reference, RAW_OUTPUTS), held_out.batches)
     raw_q = _run_all(keep_outputs(quantized, RAW_OUTPUTS), held_out.batches)
     det_ref = _run_all(with_postprocessing(reference, runnable, settings), held_out.batches)
@@ -92,23 +89,12 @@ def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held
 
 def _run_all(model: onnx.ModelProto, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
     """Each image through the model on its own (tiled to a fixed batch size when the model has one)."""
-    import onnxruntime as ort
+    from builder.exporting.sessions import inference_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = inference_session(model)
     batch = session.get_inputs()[0].shape[0]
     out = []
     for image in batches:
         feed = np.repeat(image, batch, axis=0) if isinstance(batch, int) and batch > 1 else image
         out.append([o[:1] for o in session.run(None, {"images": feed})])
     return out
-
-
-def save_report(report: dict, model_path: pathlib.Path) -> pathlib.Path:
-    """`<model>.accuracy.json` next to the model, written atomically."""
-    path = model_path.resolve().with_suffix(".accuracy.json")
-    report["path"] = str(path)
-    with atomic_file(path) as f:
-        f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
-    return path

@@ -65,8 +65,8 @@ def run_stage(request: dict, output: pathlib.Path) -> None:
     model = load_model(spec)
     result = export_model(model, output / MODEL_FILE, spec, report_file=False)
     built = None
-    if spec.engine == "onnxruntime":
-        smoke_run(output / MODEL_FILE, result)  # (TensorRT's NMS plugin does not run on ONNX Runtime)
+    if spec.flavour.runs_on_onnxruntime:  # (TensorRT's NMS plugin does not run on ONNX Runtime)
+        smoke_run(output / MODEL_FILE, result)
     if engine is not None:
         built = build_plan(output, engine)
     fields = dataclasses.asdict(result)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from builder.core.errors import UserError
+from builder.core.extras import require
 from builder.exporting.spec import ExportSpec
 
 #: SuperGradients' names for the precision option
@@ -20,12 +21,13 @@ def export(model_or_name: Any, output: str | pathlib.Path, **options: Any):
     an nn.Module, `quantization_mode` ("fp16"/"int8") is SuperGradients' name for `precision`, and
     `calibration_loader` takes a DataLoader of training-normalised images for INT8, as in SuperGradients.
     """
+    require("export")
     import torch
 
-    from builder.exporting.onnx_file import check_destination
+    from builder.core.files import check_model_destination
     from builder.models.base import Detector
 
-    check_destination(pathlib.Path(output))
+    check_model_destination(pathlib.Path(output))
     custom_pre = options.pop("preprocessing", True)
     custom_post = options.pop("postprocessing", True)
     loader = options.pop("calibration_loader", None)
@@ -70,18 +72,15 @@ def load_model(spec: ExportSpec):
 def smoke_run(model_path: pathlib.Path, result) -> None:
     """The model loads in ONNX Runtime and runs on a real photo: a bundle that cannot run is not written."""
     import numpy as np
-    import onnxruntime as ort
 
     from builder.core.images import sample_input
+    from builder.exporting.sessions import inference_session
     from builder.models.registry import family_of
 
     batch = result.input_shape[0] if isinstance(result.input_shape[0], int) else 1
     prep = family_of(result.model).preprocessing
     images = np.repeat(sample_input(prep, tuple(result.input_shape[2:])), batch, axis=0)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    session.run(None, {result.input_name: images})
+    inference_session(model_path).run(None, {result.input_name: images})
 
 
 def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None, custom_post=None, loader=None,
@@ -90,10 +89,11 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
     import torch
 
     from builder.exporting.graphs import finalize, trace_pipeline
-    from builder.exporting.onnx_file import check_destination, save_atomically, tensor_signature
+    from builder.core.files import check_model_destination
+    from builder.exporting.onnx_file import save_atomically, tensor_signature
     from builder.stage.result import ExportResult
 
-    check_destination(output)
+    check_model_destination(output)
     started = time.monotonic()
     family = model.family
     prep = family.preprocessing
@@ -115,7 +115,7 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
     graph = finalize(graph, spec, model, settings)
     save_atomically(graph, output)
     if report is not None and report_file:
-        from builder.quantize.apply import save_report
+        from builder.stage.result import save_report
 
         save_report(report, output)
 
@@ -125,7 +125,7 @@ def export_model(model, output: pathlib.Path, spec: ExportSpec, custom_pre=None,
               f"{width - prep.letterbox_margin}, centre, pad with {prep.pad_value})" if prep.resize == "letterbox"
               else f"stretch to {height}x{width}")
     return ExportResult(
-        output=output.resolve(), model=spec.model, engine=spec.engine,
+        output=output.resolve(), model=spec.model, engine=spec.engine, nms=spec.nms, runtime=spec.runtime,
         output_predictions_format=spec.output_predictions_format if with_nms else None,
         input_name="images", input_shape=inputs[0]["shape"], input_dtype=inputs[0]["dtype"], inputs=inputs,
         outputs=outputs, preprocessing_steps=steps, resize=resize,

@@ -10,7 +10,7 @@ from typing import Any, Optional
 class ExportResult:
     output: pathlib.Path
     model: str
-    engine: str
+    engine: str  # SuperGradients' name for the runtime
     output_predictions_format: Optional[str]  # None without (builder's) postprocessing
     input_name: str
     input_shape: list
@@ -31,6 +31,8 @@ class ExportResult:
     precision: str = "fp32"
     #: for fp16/int8: agreement with FP32 on held-out images (also written next to the model as JSON)
     accuracy_report: Optional[dict[str, Any]] = None
+    nms: str = "onnx"  # the NMS flavour in the graph
+    runtime: str = "onnxruntime"  # what serves the model
 
     @property
     def output_names(self) -> list[str]:
@@ -50,6 +52,8 @@ class ExportResult:
     __repr__ = __str__
 
     def _summary(self) -> list[str]:
+        from builder.exporting.nms import flavour
+
         lines = [f"Exported {self.model} to {self.output}",
                  f"  input  '{self.input_name}': {self.input_dtype} {_shape(self.input_shape)}"
                  + (" (RGB)" if self.input_dtype == "uint8" else "")]
@@ -58,7 +62,7 @@ class ExportResult:
         lines.append(f"  resize before feeding it (not in the graph): {self.resize}")
         if self.output_predictions_format:
             lines.append(f"  postprocessing in the graph: decode, top {self.num_pre_nms_predictions} candidates, "
-                         f"class-aware NMS ({'ONNX NonMaxSuppression' if self.engine == 'onnxruntime' else 'TensorRT EfficientNMS_TRT'}) "
+                         f"class-aware NMS ({flavour(self.nms).description}) "
                          f"with confidence > {self.confidence_threshold:g}, IoU {self.nms_threshold:g}, "
                          f"at most {self.max_predictions_per_image} detections per image, best first")
             lines.append(f"  output format: {self.output_predictions_format}")
@@ -72,7 +76,9 @@ class ExportResult:
         return lines
 
     def snippet(self) -> str:
-        if self.engine == "tensorrt":
+        from builder.exporting.nms import flavour
+
+        if not flavour(self.nms).runs_on_onnxruntime:
             return self._tensorrt_snippet()
         batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else 1
         shape = tuple([batch] + list(self.input_shape[1:]))
@@ -115,6 +121,19 @@ class ExportResult:
         else:
             lines.append("# rows beyond num_dets[i] are padding")
         return "\n".join(lines)
+
+
+def save_report(report: dict, model_path: pathlib.Path) -> pathlib.Path:
+    """`<model>.accuracy.json` next to the model, written atomically."""
+    import json
+
+    from builder.core.files import atomic_file
+
+    path = model_path.resolve().with_suffix(".accuracy.json")
+    report["path"] = str(path)
+    with atomic_file(path) as f:
+        f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    return path
 
 
 def _shape(shape: list) -> str:

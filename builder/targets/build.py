@@ -5,12 +5,15 @@ import json
 import pathlib
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from builder.targets.spec import BundleSpec, TensorRTOptions, TritonOptions, merge, read_spec_file
 from builder.core.errors import UserError, did_you_mean
 from builder.core.log import notice, warn
 from builder.exporting.spec import ExportSpec
+
+if TYPE_CHECKING:
+    from builder.core.manifest import BundleManifest
 
 DEFAULT_OUTPUT_ROOT = "bundles"
 MAX_LABEL_LENGTH = 200
@@ -21,7 +24,7 @@ REQUEST_BATCH_UNBATCHED = 8  # images per request when the model takes any batch
 class BundleResult:
     destination: pathlib.Path
     spec: BundleSpec
-    manifest: dict
+    manifest: "BundleManifest"
     archive: Optional[pathlib.Path]
     usage: str
 
@@ -39,23 +42,25 @@ def resolve_spec(spec_file: str | pathlib.Path | None = None, **options: Any) ->
 
 def route_options(options: dict[str, Any]) -> dict[str, Any]:
     """Flat keyword options (as the CLI and `builder.bundle()` take them) -> the nested spec layout."""
-    top = set(BundleSpec.model_fields) - {"export", "triton", "tensorrt"}
+    from builder.targets.spec import target_sections
+
+    sections = {"export": ExportSpec, "triton": TritonOptions, "tensorrt": TensorRTOptions}
+    sections.update({target.options[0]: target.options[1] for target in target_sections().values()})
+    top = set(BundleSpec.model_fields) - set(sections)
     routed: dict[str, Any] = {}
     for key, value in options.items():
-        if key in ("export", "triton", "tensorrt") and isinstance(value, dict):
+        if key in sections and isinstance(value, dict):
             routed[key] = {**routed.get(key, {}), **value}
         elif key in top:
             routed[key] = value
-        elif key in ExportSpec.model_fields:
+        elif key == "engine":  # SuperGradients' shorthand for nms + runtime (see ExportSpec)
             routed.setdefault("export", {})[key] = value
-        elif key in TritonOptions.model_fields:
-            routed.setdefault("triton", {})[key] = value
-        elif key in TensorRTOptions.model_fields:
-            routed.setdefault("tensorrt", {})[key] = value
         else:
-            known = sorted(top | set(ExportSpec.model_fields) | set(TritonOptions.model_fields)
-                           | set(TensorRTOptions.model_fields))
-            raise UserError(f"unknown option '{key}'", hint=did_you_mean(key, known))
+            section = next((name for name, model in sections.items() if key in model.model_fields), None)
+            if section is None:
+                known = sorted(top | {"engine"} | {f for model in sections.values() for f in model.model_fields})
+                raise UserError(f"unknown option '{key}'", hint=did_you_mean(key, known))
+            routed.setdefault(section, {})[key] = value
     return routed
 
 
@@ -83,13 +88,12 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
     import shutil
     import tempfile
 
-    from builder.targets import standalone, triton
     from builder.core.archive import write_archive
     from builder.core.manifest import write_manifest
     from builder.targets.render import Renderer
     from builder.core.files import staged_folder
 
-    target = {"triton": triton.TritonTarget, "standalone": standalone.StandaloneTarget}[spec.target](spec)
+    target = spec.target_class(spec)
     renderer = Renderer(spec.templates)  # a bad override folder fails before the (slow) export
     labels = read_labels(spec.labels) if spec.labels is not None else None
     with staged_folder(destination, force) as staging:
@@ -97,7 +101,7 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
                                                   dir=staging.parent))
         try:
             notice(f"exporting {spec.export.model} ({spec.export.precision}) with the {runner.name} runner ...")
-            engine = spec.engine_profile if spec.export.engine == "tensorrt" else None
+            engine = spec.engine_profile if spec.export.serving.builds_plan else None
             outcome = runner.run(spec.export, stage_dir, engine)
             for produced, relative in target.stage_files(outcome).items():
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +170,7 @@ def template_context(spec: BundleSpec, result, class_names: list[str], model_fil
     prep = family_of(result.model).preprocessing
     height, width = result.input_shape[2:]
     fixed_batch = result.batch_size
-    if spec.target == "triton" and spec.max_batch_size > 0:
+    if spec.target_class.triton_options and spec.max_batch_size > 0:
         request_batch = spec.max_batch_size
     else:
         request_batch = fixed_batch or REQUEST_BATCH_UNBATCHED
@@ -199,10 +203,11 @@ def manifest_description(spec: BundleSpec, result, class_names: list[str], versi
         "model": {"variant": result.model, "family": family.name, "num_classes": len(class_names),
                   "weights": weights_record(result.model, spec.export.weights)},
         "precision": result.precision,
-        "engine": result.engine,
+        "nms": result.nms,
+        "runtime": result.runtime,
         "signature": {"inputs": result.inputs, "outputs": result.outputs},
         "preprocessing": {**family.preprocessing.__dict__, "in_graph": result.preprocessing_steps,
-                          "resize": result.resize},
+                          "resize_description": result.resize},
         "postprocessing": nms_settings(result),
         "class_names": class_names,
         "versions": versions,

@@ -15,12 +15,10 @@ from builder.core.errors import UserError, did_you_mean
 
 
 def _shipped() -> pathlib.Path:
-    """The top-level templates/ folder: installed as the package builder.templates, or beside a source tree."""
-    try:
-        import builder.templates
-    except ImportError:  # a source tree on PYTHONPATH, never installed
-        return pathlib.Path(__file__).resolve().parents[2] / "templates"
-    return pathlib.Path(builder.templates.__file__).resolve().parent
+    """The top-level templates/ folder: the data package builder.templates (builder/templates links to it)."""
+    import importlib.util
+
+    return pathlib.Path(importlib.util.find_spec("builder.templates").origin).resolve().parent  # located, not run
 
 
 SHIPPED = _shipped()

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.core.errors import UserError
-from builder.exporting.spec import ExportSpec, validation_message
+from builder.exporting.spec import ExportSpec, registered, validation_message
 
 #: Triton model names become folder names and URL path segments
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -52,7 +52,7 @@ class TritonOptions(BaseModel):
 
 
 class TensorRTOptions(BaseModel):
-    """How the engine is built (--engine tensorrt, Triton target). Field descriptions are the CLI help."""
+    """How the engine is built (--runtime/--engine tensorrt, Triton target). Field descriptions are the CLI help."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,12 +60,12 @@ class TensorRTOptions(BaseModel):
     opt_batch: Optional[int] = Field(None, ge=1, description="Batch size the engine is tuned for (dynamic batch). Default: the largest preferred batch size, else max_batch_size.")
 
 
-class BundleSpec(BaseModel):
-    """Everything `builder bundle` needs; `build.yaml` is this, resolved."""
+class _BundleSpecBase(BaseModel):
+    """Everything `builder bundle` needs; `build.yaml` is this, resolved. Targets add their own sections."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: Literal["triton", "standalone"] = Field(description="triton: a Triton model repository and client; standalone: ONNX Runtime package.")
+    target: str = Field(description="What to build: triton (a Triton model repository and client), standalone (an ONNX Runtime package), or another registered target.")
     name: Optional[str] = Field(None, description="Model name (Triton's, and the folder's). Default: the model variant.")
     version: int = Field(1, ge=1, description="Model version (Triton's version folder).")
     labels: Optional[str] = Field(None, description="Text file of class names, one per line. Default: the checkpoint's, else COCO's for 80 classes.")
@@ -73,6 +73,13 @@ class BundleSpec(BaseModel):
     export: ExportSpec
     triton: TritonOptions = TritonOptions()
     tensorrt: TensorRTOptions = TensorRTOptions()
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        from builder.targets import target_class
+
+        return registered(target_class, value)
 
     @field_validator("name")
     @classmethod
@@ -85,12 +92,12 @@ class BundleSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "BundleSpec":
         export, triton = self.export, self.triton
-        if export.engine == "tensorrt" and self.target != "triton":
-            raise ValueError("the standalone bundle runs ONNX Runtime: --engine tensorrt needs --target triton")
-        if export.engine == "tensorrt" and triton.tensorrt_accelerator:
+        serving = export.serving
+        self.target_class.check(self)
+        if serving.builds_plan and triton.tensorrt_accelerator:
             raise ValueError("--tensorrt-accelerator is ONNX Runtime's TensorRT provider: with --engine tensorrt the "
                              "model already is a TensorRT engine")
-        if export.engine != "tensorrt" and self.tensorrt != TensorRTOptions():
+        if not serving.builds_plan and self.tensorrt != TensorRTOptions():
             raise ValueError("TensorRT build options apply to --engine tensorrt only")
         if self.tensorrt.opt_batch is not None and (not self.batchable or self.tensorrt.opt_batch > self.max_batch_size):
             raise ValueError("--opt-batch needs a dynamic batch and at most max_batch_size")
@@ -105,9 +112,22 @@ class BundleSpec(BaseModel):
                              f"{self.max_batch_size}")
         if triton.tensorrt_accelerator and triton.device == "cpu":
             raise ValueError("the TensorRT accelerator runs on GPUs: drop --tensorrt-accelerator or use --device gpu")
-        if self.target == "standalone" and triton != TritonOptions():
-            raise ValueError("Triton options apply to --target triton only")
+        if not self.target_class.triton_options and triton != TritonOptions():
+            from builder.targets import targets
+
+            serving_targets = [name for name, target in targets().items() if target.triton_options]
+            raise ValueError(f"Triton options apply to --target {' or '.join(serving_targets)} only")
+        for name, target in target_sections().items():
+            section = target.options[0]
+            if name != self.target and getattr(self, section) != target.options[1]():
+                raise ValueError(f"{section} options apply to --target {name} only")
         return self
+
+    @property
+    def target_class(self):
+        from builder.targets import target_class
+
+        return target_class(self.target)
 
     @property
     def engine_profile(self) -> dict:
@@ -152,6 +172,24 @@ class BundleSpec(BaseModel):
         header = ("# builder bundle spec: `builder bundle --spec build.yaml` rebuilds this bundle;\n"
                   "# command-line options override what is here.\n")
         return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def target_sections() -> dict:
+    """Targets with options of their own: name -> Target class (its `options` names the section)."""
+    from builder.targets import targets
+
+    return {name: target for name, target in targets().items() if target.options}
+
+
+def _bundle_spec() -> type:
+    """BundleSpec: the common fields plus one section per target that has options (e.g. `kserve:`)."""
+    from pydantic import create_model
+
+    sections = {target.options[0]: (target.options[1], target.options[1]()) for target in target_sections().values()}
+    return create_model("BundleSpec", __base__=_BundleSpecBase, __module__=__name__, **sections)
+
+
+BundleSpec = _bundle_spec()
 
 
 def read_spec_file(path: str | pathlib.Path) -> dict[str, Any]:

@@ -1,24 +1,20 @@
 """The standalone target: model.onnx with an ONNX Runtime script and pinned requirements, nothing else needed."""
 from __future__ import annotations
 
+from builder.targets.base import Target, write_files
 
-class StandaloneTarget:
-    model_file = "model.onnx"
 
-    def __init__(self, spec):
-        self.spec = spec
-
-    def stage_files(self, outcome) -> dict:
-        return {outcome.model: self.model_file}
+class StandaloneTarget(Target):
+    name = "standalone"
+    description = "model.onnx with an ONNX Runtime script (infer.py) and pinned requirements"
+    runtimes = ("onnxruntime",)
 
     def render(self, renderer, context: dict, staging) -> None:
-        files = {"infer.py": renderer.render("standalone/infer.py.j2", context),
-                 "requirements.txt": renderer.render("standalone/requirements.txt.j2", context),
-                 "labels.txt": renderer.render("common/labels.txt.j2", context),
-                 "README.md": renderer.render("standalone/README.md.j2", context)}
-        for relative, content in files.items():
-            (staging / relative).write_text(content, encoding="utf-8")
-        (staging / "infer.py").chmod(0o755)
+        write_files(staging, {"infer.py": renderer.render("standalone/infer.py.j2", context),
+                              "requirements.txt": renderer.render("standalone/requirements.txt.j2", context),
+                              "labels.txt": renderer.render("common/labels.txt.j2", context),
+                              "README.md": renderer.render("standalone/README.md.j2", context)},
+                    executable=("infer.py",))
 
     def usage(self, destination) -> str:
         spec = self.spec
@@ -31,3 +27,6 @@ class StandaloneTarget:
             f"  pip install -r {destination / 'requirements.txt'}",
             f"  python {destination / 'infer.py'} image.jpg [--json] [--save out.png]",
         ])
+
+
+TARGET = StandaloneTarget

@@ -8,8 +8,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from builder.models.base import Detector, Family, Preprocessing
-from builder.models.yolo_nas_blocks import SPP, DFLHead, DownStage, QARepVGGBlock, Stage, UpStage
+from builder.models.base import Detector
+from builder.models.yolo_nas.blocks import SPP, DFLHead, DownStage, QARepVGGBlock, Stage, UpStage
 
 # Identical in all variants.
 STEM_CHANNELS = 48
@@ -119,11 +119,7 @@ def build(variant: str, num_classes: int = 80) -> YoloNAS:
 # get_pretrained_processing_params returns for every yolo_nas model on "coco": DetectionLongestMaxSizeRescale
 # to 636, DetectionCenterPadding to 640 with 114, StandardizeImage(max_value=255), no channel swap; iou 0.7,
 # conf 0.25.
-FAMILY = Family(
-    name="yolo_nas",
-    builders={variant: partial(build, variant) for variant in CONFIGS},
-    preprocessing=Preprocessing(channel_order="RGB", mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
-                                resize="letterbox", pad_value=114, letterbox_margin=640 - 636),
-    default_confidence=0.25,
-    default_iou=0.7,
-)
+
+
+#: variant -> function(num_classes) building it in training form
+BUILDERS = {variant: partial(build, variant) for variant in CONFIGS}

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from builder.models.base import Detector, Family, Preprocessing
+from builder.models.base import Detector
 from builder.models.fusion import conv_bn_kernel, conv_from, fold_bn_into
 
 
@@ -290,17 +290,5 @@ class PPYoloE(Detector):
         return self.head(self.neck(self.backbone(x)))
 
 
-FAMILY = Family(
-    name="ppyoloe",
-    builders={name: partial(PPYoloE, width_mult=w, depth_mult=d) for name, (w, d) in SCALES.items()},
-    # SG's default_ppyoloe_coco_processing_params: reverse channels first, then normalise with ImageNet's RGB
-    # statistics, so they land on B, G, R in that order (the checkpoints were trained this way).
-    preprocessing=Preprocessing(
-        channel_order="BGR",
-        mean=(123.675, 116.28, 103.53),
-        std=(58.395, 57.12, 57.375),
-        resize="stretch",
-    ),
-    default_confidence=0.5,
-    default_iou=0.65,
-)
+#: variant -> function(num_classes) building it in training form
+BUILDERS = {name: partial(PPYoloE, width_mult=w, depth_mult=d) for name, (w, d) in SCALES.items()}
