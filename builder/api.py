@@ -22,11 +22,11 @@ def export(model_or_name: Any, output: str | pathlib.Path, *, runner: str = "loc
         from builder.core.errors import UserError
 
         raise UserError("only a model name can be exported in a container: use runner='local' for a model object")
-    from builder.exporting.onnx_file import check_destination
+    from builder.core.files import check_model_destination
     from builder.exporting.spec import ExportSpec
 
     ExportSpec.create(model=model_or_name, **options)  # bad options and destinations fail before a runner is chosen
-    check_destination(pathlib.Path(output))
+    check_model_destination(pathlib.Path(output))
     chosen = select_runner(runner, image, gpus, pull)
     if chosen.name == "local":
         from builder.stage.export import export as export_here

@@ -1,8 +1,15 @@
-"""The `builder` command: parse, call the API, print. Exit codes are decided here and nowhere else."""
+"""The `builder` command: parse, call the API, print. Exit codes are decided here and nowhere else.
+
+Starting it stays cheap (benchmarks/cli_startup.py): each command imports what it runs only when it runs, and
+the commands whose options are described by the pydantic specs (export, bundle) are built only when they
+run or their help is asked; `builder --help` lists them from their docstrings.
+"""
 from __future__ import annotations
 
 import json
 import sys
+from gettext import gettext as _
+from typing import Any, Callable, Optional
 
 import click
 
@@ -10,7 +17,55 @@ from builder.core.version import __version__
 from builder.core.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group that also knows commands it has not built yet: `lazy_command(name, attach)` registers a callback
+    (its docstring is the help) and the function that attaches its options, and the command object is made on
+    the first `get_command` of that name (running it, its --help, completion). Listing them builds none."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, tuple[Callable[..., Any], Callable[[Callable[..., Any]], Callable[..., Any]]]] = {}
+
+    def lazy_command(self, name: str, attach: Callable[[Callable[..., Any]], Callable[..., Any]]):
+        def register(callback: Callable[..., Any]) -> Callable[..., Any]:
+            self.lazy[name] = (callback, attach)
+            return callback
+
+        return register
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: Optional[click.Context], cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            callback, attach = self.lazy[cmd_name]
+            callback.__dict__.pop("__click_params__", None)  # what a failed earlier attempt left
+            self.add_command(click.command(cmd_name)(attach(callback)))
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            unknown = getattr(e, "command_name", None)  # click's NoSuchCommand suggests among the built commands
+            if unknown is None:
+                raise
+            raise type(e)(unknown, possibilities=self.list_commands(ctx), ctx=ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's own list, where a command not built yet is described by its callback's docstring."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) or click.Command(name, help=self.lazy[name][0].__doc__)
+            if not command.hidden:
+                rows.append((name, command))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _command in rows)
+            with formatter.section(_("Commands")):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="builder")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 def cli(quiet: bool) -> None:
@@ -24,14 +79,14 @@ def cli(quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_command(as_json: bool) -> None:
     """List the architectures and variants builder knows."""
-    from builder.models.registry import DEFAULT_NUM_CLASSES, parameter_count, variants
+    from builder.models.registry import DEFAULT_NUM_CLASSES, variants
 
     rows = []
     for variant, family in variants().items():
         rows.append({
             "name": variant,
             "family": family.name,
-            "parameters": parameter_count(variant),
+            "parameters": family.parameters[variant],
             "num_classes": DEFAULT_NUM_CLASSES,
             "input_size": list(family.input_size),
             "confidence_threshold": family.default_confidence,
@@ -46,9 +101,10 @@ def models_command(as_json: bool) -> None:
     table = [header] + [(r["name"], r["family"], f"{r['parameters']:,}", "x".join(map(str, r["input_size"])),
                          f"{r['confidence_threshold']:g}", f"{r['nms_threshold']:g}",
                          f"{r['channel_order']}, {r['resize']}") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    from builder.core.tables import text_table
+
+    for line in text_table(table, "llrllll"):
+        click.echo(line)
 
 
 @cli.command("fetch")
@@ -57,6 +113,9 @@ def models_command(as_json: bool) -> None:
 @click.option("--num-classes", type=int, default=None, help="Class count (default: read from the checkpoint).")
 def fetch_command(variant: str, weights: str, num_classes: int | None) -> None:
     """Download (into the cache) and check that weights load strictly into a variant."""
+    from builder.core.extras import require
+
+    require("export", "torch")  # before a download that the model could not use here
     from builder.core.hashing import sha256_of
     from builder.models.registry import build, resolve_weights
 
@@ -82,7 +141,9 @@ EXPORT_FLAGS = (
     ("--iou", "nms_threshold", float),
     ("--pre-nms-top-k", "num_pre_nms_predictions", int),
     ("--max-detections", "max_predictions_per_image", int),
-    ("--engine", "engine", "choice"),
+    ("--nms", "nms", "choice"),
+    ("--runtime", "runtime", "choice"),
+    ("--engine", "engine", "engine"),
     ("--no-preprocessing", "preprocessing", "negated"),
     ("--no-postprocessing", "postprocessing", "negated"),
     ("--opset", "onnx_opset", int),
@@ -119,6 +180,38 @@ TENSORRT_FLAGS = (
 )
 
 
+def registered_choices(name: str) -> tuple[str, ...]:
+    """The names a registry-backed spec field takes (NMS flavours, runtimes, bundle targets)."""
+    if name == "nms":
+        from builder.exporting.nms import FLAVOUR_MODULES
+
+        return tuple(FLAVOUR_MODULES)
+    if name == "runtime":
+        from builder.exporting.runtimes import RUNTIMES
+
+        return tuple(RUNTIMES)
+    from builder.targets import TARGET_MODULES
+
+    return tuple(TARGET_MODULES)
+
+
+def _engine_option():
+    """SuperGradients' `engine` is no spec field: the spec turns it into the NMS flavour and the runtime."""
+    from builder.exporting.nms import flavours
+
+    engines = tuple(dict.fromkeys(f.engine for f in flavours().values()))
+    return click.option("--engine", "engine", type=click.Choice(engines), default=None,
+                        help="SuperGradients' shorthand that sets --runtime and the --nms it carries: onnxruntime "
+                             "(ONNX NonMaxSuppression on ONNX Runtime) or tensorrt (EfficientNMS in a TensorRT engine).")
+
+
+def target_flags() -> list[tuple[str, type, tuple]]:
+    """(section, options model, flags) of every registered target with options of its own, e.g. kserve's."""
+    from builder.targets.spec import target_sections
+
+    return [target.options for target in target_sections().values()]
+
+
 def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
     """Attach one click option per flags entry, described by the spec field (of `model`) it fills."""
     import typing
@@ -127,6 +220,9 @@ def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
 
     model = model or ExportSpec
     for flag, name, kind in reversed(flags):
+        if kind == "engine":
+            command = _engine_option()(command)
+            continue
         field = model.model_fields[name]
         default = "" if field.is_required() or field.default is None else f" [default: {field.default}]"
         if kind == "negated":
@@ -136,8 +232,8 @@ def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
         if kind in ("flag", "negated"):
             option = click.option(flag, name, is_flag=True, default=None, help=help_text)
         elif kind == "choice":
-            option = click.option(flag, name, type=click.Choice(typing.get_args(field.annotation)), default=None,
-                                  help=help_text)
+            choices = typing.get_args(field.annotation) or registered_choices(name)
+            option = click.option(flag, name, type=click.Choice(choices), default=None, help=help_text)
         elif kind == "shape":
             option = click.option(flag, name, metavar="HxW", default=None, help=help_text)
         elif kind in ("folder", "file", "sizes"):
@@ -154,7 +250,9 @@ def spec_values(given: dict) -> dict:
     """The options the user gave, as ExportSpec values."""
     from builder.exporting.spec import parse_shape, parse_sizes
 
-    kinds = {name: kind for _, name, kind in EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS + TENSORRT_FLAGS}
+    flags = EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS + TENSORRT_FLAGS
+    flags += tuple(flag for _section, _model, target in target_flags() for flag in target)
+    kinds = {name: kind for _, name, kind in flags}
     values = {}
     for name, value in given.items():
         if value is None or name not in kinds:
@@ -183,11 +281,16 @@ def _runner_options(command):
     return command
 
 
-@cli.command("export")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
-@_runner_options
-@spec_options
-def export_command(output: str, runner: str, image: str | None, gpus: bool, pull: bool, **given) -> None:
+def _export_options(callback):
+    """`builder export`'s options, attached when the command is built (bottom to top, as decorators)."""
+    callback = spec_options(callback)
+    callback = _runner_options(callback)
+    return click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+                        help="Where to write the .onnx file.")(callback)
+
+
+@cli.lazy_command("export", _export_options)
+def _export(output: str, runner: str, image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model to ONNX with preprocessing, decoding and NMS in the graph."""
     from builder.api import export
 
@@ -199,23 +302,35 @@ def export_command(output: str, runner: str, image: str | None, gpus: bool, pull
 def _bundle_options(command):
     from builder.targets.spec import BundleSpec, TensorRTOptions, TritonOptions
 
+    for _section, options_model, flags in target_flags():
+        command = spec_options(command, flags, options_model)
     command = spec_options(command, TENSORRT_FLAGS, TensorRTOptions)
     command = spec_options(command, TRITON_FLAGS, TritonOptions)
     command = spec_options(command, EXPORT_FLAGS, required=False)
     return spec_options(command, BUNDLE_FLAGS, BundleSpec, required=False)
 
 
-@cli.command("bundle")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
-              help="Bundle folder to create. [default: bundles/NAME]")
-@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), default=None,
-              help="build.yaml with the options (the flags given here override it); a bundle's own rebuilds it.")
-@click.option("--archive", is_flag=True, help="Also write OUTPUT.tar.gz (deterministic: same bundle, same bytes).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder (and archive).")
-@_runner_options
-@_bundle_options
-def bundle_command(output: str | None, spec_file: str | None, archive: bool, force: bool, runner: str,
-                   image: str | None, gpus: bool, pull: bool, **given) -> None:
+def _bundle_command_options(callback):
+    """`builder bundle`'s options, attached when the command is built (bottom to top, as decorators)."""
+    callback = _bundle_options(callback)
+    callback = _runner_options(callback)
+    for option in reversed([
+        click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+                     help="Bundle folder to create. [default: bundles/NAME]"),
+        click.option("--spec", "spec_file", type=click.Path(dir_okay=False), default=None,
+                     help="build.yaml with the options (the flags given here override it); a bundle's own rebuilds "
+                          "it."),
+        click.option("--archive", is_flag=True,
+                     help="Also write OUTPUT.tar.gz (deterministic: same bundle, same bytes)."),
+        click.option("--force", is_flag=True, help="Replace an existing bundle folder (and archive)."),
+    ]):
+        callback = option(callback)
+    return callback
+
+
+@cli.lazy_command("bundle", _bundle_command_options)
+def _bundle(output: str | None, spec_file: str | None, archive: bool, force: bool, runner: str,
+            image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model and render a Triton model repository or a standalone package around it."""
     from builder.api import bundle
 
@@ -297,6 +412,14 @@ def bench_command(bundle, batch_sizes, threads, duration, url, protocol, concurr
 
     result = bench(bundle, parse_sizes(batch_sizes), threads, duration, url, protocol, concurrency)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())
+
+
+def __getattr__(name: str) -> click.Command:
+    """`export_command` and `bundle_command`: the command objects, built on first use as the group builds them."""
+    lazy = {"export_command": "export", "bundle_command": "bundle"}
+    if name in lazy:
+        return cli.get_command(None, lazy[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

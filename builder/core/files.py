@@ -74,6 +74,17 @@ def check_folder_destination(destination: pathlib.Path, force: bool) -> pathlib.
     return destination
 
 
+def check_model_destination(destination: pathlib.Path) -> pathlib.Path:
+    """Refuse an unusable output path up front, before minutes of work."""
+    destination = destination.resolve()
+    if destination.suffix != ".onnx":
+        raise UserError(f"output '{destination}' must end in .onnx")
+    if destination.is_dir():
+        raise UserError(f"output '{destination}' is a directory; give a file name such as model.onnx")
+    missing_parents(destination)  # missing folders are made when the file is written; a file in the way is not
+    return destination
+
+
 def _renameat2():
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+

@@ -5,6 +5,7 @@ import pathlib
 from typing import Optional
 
 from builder.core.errors import UserError
+from builder.core.extras import require
 from builder.exporting.spec import ExportSpec
 
 RUNNERS = ("auto", "docker", "local")
@@ -14,6 +15,7 @@ class LocalRunner:
     name = "local"
 
     def run(self, spec: ExportSpec, output: pathlib.Path, engine: Optional[dict] = None):
+        require("export")
         from builder.stage import read_outcome, run_stage, stage_request
 
         run_stage(stage_request(spec, engine), output)
@@ -53,11 +55,11 @@ def export_with_runner(runner, output: str | pathlib.Path, **options):
     import shutil
     import tempfile
 
-    from builder.exporting.onnx_file import check_destination
+    from builder.core.files import check_model_destination
     from builder.core.files import parents_made
-    from builder.quantize.apply import save_report
+    from builder.stage.result import save_report
 
-    output = check_destination(pathlib.Path(output))
+    output = check_model_destination(pathlib.Path(output))
     spec = ExportSpec.create(**options)
     with parents_made(output):
         stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".stage", dir=output.parent))

@@ -2,8 +2,9 @@
 # Builds the CPU build image offline (no network inside the build), from:
 #  - a base image with python3.11: imported from a debootstrap root filesystem when it is not there yet
 #    (the Debian mirror of /etc/apt/sources.list.d/debian.sources; Docker Hub is not needed);
-#  - a wheelhouse of builder's wheel and its dependencies at exactly the versions of the Python
-#    environment running this script (so the image's toolchain equals the host's).
+#  - a wheelhouse of builder's wheel with its `export` extra (the image runs the export stage: torch, ONNX,
+#    ONNX Runtime) and their dependencies at exactly the versions of the Python environment running this
+#    script (so the image's toolchain equals the host's; that environment needs the extra installed too).
 # Usage: containers/cpu/build.sh [IMAGE_TAG]    (default model-bundle-builder-cpu:VERSION)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,10 +30,10 @@ context="$work/context"
 mkdir -p "$context/wheels"
 cp containers/cpu/Dockerfile "$context/Dockerfile"
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$context/wheels" .
-# builder's runtime dependencies, pinned to this environment's versions
+# builder's dependencies and its export toolchain, pinned to this environment's versions
 "$python" -m pip freeze --exclude-editable | grep -v -i '^model-bundle-builder' > "$work/pins.txt"
 wheel="$(ls "$context/wheels"/model_bundle_builder-*.whl)"
-"$python" -m pip download --quiet --only-binary=:all: --dest "$context/wheels" -c "$work/pins.txt" "$wheel"
-echo "model-bundle-builder==$version" > "$context/wheels/requirements.txt"
+"$python" -m pip download --quiet --only-binary=:all: --dest "$context/wheels" -c "$work/pins.txt" "$wheel[export]"
+echo "model-bundle-builder[export]==$version" > "$context/wheels/requirements.txt"
 DOCKER_BUILDKIT=0 "$docker" build --quiet --network=none --build-arg "BASE=$base" -t "$tag" "$context" >/dev/null
 echo "$tag"
