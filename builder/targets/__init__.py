@@ -8,6 +8,7 @@ import importlib
 TARGET_MODULES = {
     "triton": "builder.targets.triton",
     "standalone": "builder.targets.standalone",
+    "kserve": "builder.targets.kserve",
 }
 
 
