@@ -232,7 +232,7 @@ def test_an_override_that_matches_no_template_is_refused(tmp_path):
     (dict(engine="tensorrt", tensorrt_accelerator=True), "already is a TensorRT engine"),
     (dict(workspace_gb=2), "TensorRT build options apply to --engine tensorrt only"),
     (dict(postprocessing=False), "drop --no-preprocessing and --no-postprocessing"),
-    (dict(target="standalone", instances=2), "Triton options apply to --target triton only"),
+    (dict(target="standalone", instances=2), "Triton options apply to --target triton or kserve only"),
     (dict(nonsense=1), "unknown option 'nonsense'"),
 ])
 def test_impossible_specs_are_refused(options, message, tmp_path):

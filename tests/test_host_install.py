@@ -21,6 +21,7 @@ import pytest
 
 import builder
 from builder.cli import cli
+from source_tree import copy_source_tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPORT_TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime")
@@ -249,17 +250,6 @@ def test_without_onnxruntime_bench_names_the_bench_extra(tiny_bundle, tmp_path):
 
 # ---- the real host: a fresh virtual environment with `pip install <repo>` and no extra --------------------------
 
-def _source_tree(destination: pathlib.Path) -> pathlib.Path:
-    """The files a commit of this working tree would hold (tracked, and untracked but not ignored)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, destination / name)
-    return destination
-
-
 class Host:
     """A virtual environment with the host install; commands run outside the repository, without PYTHONPATH."""
 
@@ -278,7 +268,7 @@ def host(tmp_path_factory) -> Host:
     root = tmp_path_factory.mktemp("host")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    source = _source_tree(root / "source")
+    source = copy_source_tree(root / "source")
     install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
                               "--disable-pip-version-check", "-c", str(ROOT / "constraints.txt"), str(source)],
                              capture_output=True, text=True, timeout=1800)

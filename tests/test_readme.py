@@ -2,6 +2,8 @@
 import pathlib
 import re
 
+from source_tree import copy_source_tree
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -26,20 +28,6 @@ def test_constraints_pin_the_cpu_torch_build():
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
 
 
-def _fresh_clone(tmp_path: pathlib.Path) -> pathlib.Path:
-    """The tracked files as a clone has them (this working tree's versions): no ignored folders like bundles/."""
-    import shutil
-    import subprocess
-
-    clone = tmp_path / "clone"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, clone / name)
-    return clone
-
-
 def test_the_main_job_runs_verbatim_in_a_fresh_clone(tmp_path):
     """The quick start's main job, as a new user types it, where no bundles/ folder exists yet."""
     import os
@@ -48,7 +36,7 @@ def test_the_main_job_runs_verbatim_in_a_fresh_clone(tmp_path):
     import sys
 
     _, main_job, _ = _readme_commands()
-    clone = _fresh_clone(tmp_path)
+    clone = copy_source_tree(tmp_path / "clone")
     assert not (clone / "bundles").exists()
     argv = shlex.split(main_job)
     executable = pathlib.Path(sys.executable).parent / argv[0]
