@@ -125,11 +125,31 @@ class BundleManifest(_Record):
 
 
 def file_entries(folder: pathlib.Path) -> list[FileEntry]:
+    """Every regular file under `folder` but its manifest.json; a link or a special file is refused, never
+    skipped: a bundle is exactly what its archive and its manifest can hold."""
+    import stat
+
+    from builder.core.errors import UserError
     from builder.core.hashing import sha256_of
 
-    return [FileEntry(path=p.relative_to(folder).as_posix(), sha256=sha256_of(p), size=p.stat().st_size)
-            for p in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
-            if p.is_file() and p.name != MANIFEST]
+    entries = []
+    for p in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
+        relative = p.relative_to(folder).as_posix()
+        try:
+            mode = p.lstat().st_mode
+        except OSError as e:
+            raise UserError(f"cannot read '{p}': {e.strerror or e}") from None
+        if stat.S_ISLNK(mode):
+            raise UserError(f"bundle '{folder}' holds a link, '{relative}'; "
+                            "bundles hold regular files and folders only")
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            raise UserError(f"bundle '{folder}' holds '{relative}', which is not a regular file; "
+                            "bundles hold regular files and folders only")
+        if relative != MANIFEST:
+            entries.append(FileEntry(path=relative, sha256=sha256_of(p), size=p.stat().st_size))
+    return entries
 
 
 def write_manifest(folder: pathlib.Path, description: dict) -> BundleManifest:

@@ -14,14 +14,47 @@ import os
 import pathlib
 import subprocess
 import urllib.parse
-from typing import Optional
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from builder.core.errors import UserError
-from builder.oci.reference import PASSWORD_VARIABLE, USERNAME_VARIABLE, Reference, credentials
+from builder.oci.reference import DIGEST, PASSWORD_VARIABLE, USERNAME_VARIABLE, Reference, credentials
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 TIMEOUT = 60  # seconds per request
 CHUNK = 1 << 20
+#: registries refuse manifests above 4 MiB (distribution's limit), so a larger answer is not a manifest
+MAX_MANIFEST_BYTES = 4 << 20
+#: a token or an error body is small; reading more only lets a hostile server fill memory
+MAX_SMALL_BODY = 1 << 20
+#: no blob of a bundle comes near this; the bound keeps sizes from a registry sane before any arithmetic
+MAX_BLOB_BYTES = 1 << 40
+
+
+class _OCIRecord(BaseModel):
+    # OCI lets writers add fields (and a registry may), but the fields read here must have exactly their types
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+
+class Descriptor(_OCIRecord):
+    """An OCI content descriptor: what a blob is, its sha256 and its size."""
+
+    mediaType: str = Field(min_length=1, max_length=255)
+    digest: str = Field(pattern=rf"^{DIGEST.pattern}$")
+    size: int = Field(ge=0, le=MAX_BLOB_BYTES)
+    annotations: Optional[dict[str, str]] = None
+
+
+class ImageManifest(_OCIRecord):
+    """An OCI image manifest (what an ORAS artifact is), validated as it arrives."""
+
+    schemaVersion: Literal[2]
+    mediaType: Optional[str] = None
+    artifactType: Optional[str] = None
+    config: Descriptor
+    layers: list[Descriptor] = Field(max_length=1024)
+    annotations: Optional[dict[str, str]] = None
 
 
 def manifest_bytes(manifest: dict) -> bytes:
@@ -46,26 +79,38 @@ class RegistryClient:
 
     # --- requests with auth -------------------------------------------------------------------------
 
-    def request(self, method: str, url: str, **kwargs):
+    def _send(self, method: str, url: str, token_service: bool = False, **kwargs):
+        """One HTTP request; any network failure is one line naming the registry (and the token service's host
+        when that is what failed)."""
         import requests
 
+        where = f"registry {self.ref.registry}"
+        if token_service:
+            where = f"{_shown(urllib.parse.urlsplit(url).netloc or url)}, the token service of {where}"
+        try:
+            return self.session.request(method, url, timeout=TIMEOUT, **kwargs)
+        except requests.exceptions.SSLError as e:
+            raise UserError(f"TLS to {where} failed: {_reason(e)}",
+                            hint="--insecure for a plain-HTTP registry") from None
+        except requests.exceptions.ConnectionError as e:
+            raise UserError(f"cannot reach {where}: {_reason(e)}") from None
+        except requests.exceptions.Timeout:
+            raise UserError(f"{where} did not answer within {TIMEOUT} s") from None
+        except (requests.exceptions.RequestException, OSError) as e:
+            # a reset mid-answer, a broken chunked body, a redirect loop, an unusable Location or realm
+            raise UserError(f"request to {where} failed: {_reason(e)}") from None
+
+    def request(self, method: str, url: str, **kwargs):
         for attempt in range(2):
             headers = dict(kwargs.pop("headers", {}) or {})
             if self.token:
                 headers["Authorization"] = f"Bearer {self.token}"
             elif self.basic:
                 headers["Authorization"] = f"Basic {self.basic}"
-            try:
-                response = self.session.request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
-            except requests.exceptions.SSLError as e:
-                raise UserError(f"TLS to {self.ref.registry} failed: {_reason(e)}",
-                                hint="--insecure for a plain-HTTP registry") from None
-            except requests.exceptions.ConnectionError as e:
-                raise UserError(f"cannot reach registry {self.ref.registry}: {_reason(e)}") from None
-            except requests.exceptions.Timeout:
-                raise UserError(f"registry {self.ref.registry} did not answer within {TIMEOUT} s") from None
+            response = self._send(method, url, headers=headers, **kwargs)
             if response.status_code != 401 or attempt == 1:
                 break
+            response.close()
             challenge = response.headers.get("WWW-Authenticate", "")
             if challenge.lower().startswith("bearer"):
                 self.token = self._fetch_token(challenge)
@@ -88,22 +133,49 @@ class RegistryClient:
         if not realm:
             raise UserError(f"registry {self.ref.registry} asked for a token without saying where to get one")
         headers = {"Authorization": f"Basic {self.basic}"} if self.basic else {}
-        response = self.session.get(realm, params=fields, headers=headers, timeout=TIMEOUT)
+        response = self._send("GET", realm, token_service=True, params=fields, headers=headers, stream=True)
         if response.status_code != 200:
+            response.close()
             raise UserError(f"registry {self.ref.registry} refused a token ({response.status_code})",
                             hint=f"set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}, or log in with docker login")
-        body = response.json()
-        return body.get("token") or body["access_token"]
+        try:
+            body = json.loads(self._body(response, MAX_SMALL_BODY, "a token"))
+        except (ValueError, RecursionError):
+            body = None
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        # the token goes into a header: anything but a plain printable word would break or inject into it
+        if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() or " " in token:
+            raise UserError(f"registry {self.ref.registry} answered a token request without a usable token")
+        return token
+
+    def _body(self, response, limit: int, what: str) -> bytes:
+        """The body of a streamed response, refused past `limit` bytes."""
+        import requests
+
+        data = bytearray()
+        try:
+            for block in response.iter_content(CHUNK):
+                data += block
+                if len(data) > limit:
+                    raise UserError(f"registry {self.ref.registry} sent more than {limit:,} bytes for {what}")
+        except (requests.exceptions.RequestException, OSError) as e:
+            raise UserError(f"registry {self.ref.registry} broke off while sending {what}: {_reason(e)}") from None
+        finally:
+            response.close()
+        return bytes(data)
 
     def _check(self, response, what: str) -> None:
         if response.status_code >= 400:
             detail = ""
             try:
-                errors = response.json().get("errors") or []
-                detail = "; ".join(e.get("message", "") for e in errors if isinstance(e, dict))
-            except ValueError:
-                pass
-            raise UserError(f"{what} failed on {self.ref.registry}: HTTP {response.status_code}"
+                body = json.loads(self._body(response, MAX_SMALL_BODY, "an error"))
+            except (UserError, ValueError, RecursionError):
+                body = None  # the status says enough
+            errors = body.get("errors") if isinstance(body, dict) else None
+            if isinstance(errors, list):
+                detail = _shown("; ".join(e["message"] for e in errors
+                                          if isinstance(e, dict) and isinstance(e.get("message"), str)), 300)
+            raise UserError(f"{what} failed on registry {self.ref.registry}: HTTP {response.status_code}"
                             + (f" ({detail})" if detail else ""))
 
     # --- blobs and manifests ------------------------------------------------------------------------
@@ -123,6 +195,8 @@ class RegistryClient:
             return descriptor
         started = self.request("POST", f"{self.base}/blobs/uploads/")
         self._check(started, "starting an upload")
+        if not started.headers.get("Location"):
+            raise UserError(f"registry {self.ref.registry} started an upload without saying where to send it")
         location = urllib.parse.urljoin(self.base + "/", started.headers["Location"])
         separator = "&" if "?" in location else "?"
         with open(path, "rb") as f:
@@ -140,39 +214,59 @@ class RegistryClient:
         digest = sha256_digest(data)
         returned = response.headers.get("Docker-Content-Digest")
         if returned and returned != digest:
-            raise UserError(f"registry {self.ref.registry} stored the manifest as {returned}, not {digest}")
+            raise UserError(f"registry {self.ref.registry} stored the manifest as {_shown(returned)}, not {digest}")
         return digest
 
-    def get_manifest(self) -> tuple[dict, str]:
-        """The manifest the reference names, and the digest of its bytes (checked against a pinned digest)."""
+    def get_manifest(self) -> tuple[ImageManifest, str]:
+        """The manifest the reference names, validated, and the digest of its bytes (checked against a pinned
+        digest)."""
         response = self.request("GET", f"{self.base}/manifests/{self.ref.target}",
-                                headers={"Accept": MANIFEST_MEDIA_TYPE})
+                                headers={"Accept": MANIFEST_MEDIA_TYPE}, stream=True)
         if response.status_code == 404:
+            response.close()
             raise UserError(f"'{self.ref.name}' does not exist")
         self._check(response, f"reading {self.ref.name}")
-        digest = sha256_digest(response.content)
+        content = self._body(response, MAX_MANIFEST_BYTES, "a manifest")
+        digest = sha256_digest(content)
         if self.ref.digest and digest != self.ref.digest:
             raise UserError(f"'{self.ref.name}': the registry sent a manifest with digest {digest}")
         try:
-            return json.loads(response.content), digest
-        except ValueError:
-            raise UserError(f"'{self.ref.name}' is not a JSON manifest") from None
+            return ImageManifest.model_validate_json(content), digest
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = _shown(".".join(str(p) for p in first["loc"])) or "the manifest"
+            raise UserError(f"'{self.ref.name}': the registry sent an invalid manifest: {where}: "
+                            f"{first['msg']}") from None
 
-    def fetch_blob(self, descriptor: dict, destination: pathlib.Path, max_size: int) -> None:
+    def fetch_blob(self, descriptor: Descriptor, destination: pathlib.Path, max_size: int) -> None:
         """The blob into `destination`, its size and sha256 checked against the descriptor."""
-        size, digest = descriptor.get("size"), descriptor.get("digest", "")
-        if not isinstance(size, int) or not 0 <= size <= max_size or not digest.startswith("sha256:"):
-            raise UserError(f"'{self.ref.name}': a layer descriptor is invalid (size {size}, digest {digest!r})")
+        import requests
+
+        size, digest = descriptor.size, descriptor.digest
+        if size > max_size:
+            raise UserError(f"'{self.ref.name}': blob {digest} is {size:,} bytes; at most {max_size:,} are accepted")
         response = self.request("GET", f"{self.base}/blobs/{digest}", stream=True)
         self._check(response, f"downloading {digest}")
         hasher, received = hashlib.sha256(), 0
-        with open(destination, "wb") as out:
-            for block in response.iter_content(CHUNK):
-                received += len(block)
-                if received > size:
-                    break
-                hasher.update(block)
-                out.write(block)
+        try:
+            # an OSError from writing is the caller's disk, not the network: it propagates as such
+            with open(destination, "wb") as out:
+                blocks = response.iter_content(CHUNK)
+                while True:
+                    try:
+                        block = next(blocks, None)
+                    except (requests.exceptions.RequestException, OSError) as e:
+                        raise UserError(f"registry {self.ref.registry} broke off while sending {digest}: "
+                                        f"{_reason(e)}") from None
+                    if block is None:
+                        break
+                    received += len(block)
+                    if received > size:
+                        break
+                    hasher.update(block)
+                    out.write(block)
+        finally:
+            response.close()
         if received != size or f"sha256:{hasher.hexdigest()}" != digest:
             raise UserError(f"'{self.ref.name}': blob {digest} does not match its digest (tampered or corrupted)")
 
@@ -222,7 +316,17 @@ def _split_challenge(text: str) -> list[str]:
 
 def _reason(error: Exception) -> str:
     text = str(error)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "certificate verify failed"):
+    for marker in ("Connection refused", "Connection reset by peer", "Remote end closed connection without response",
+                   "Connection broken", "Name or service not known", "Temporary failure in name resolution",
+                   "No route to host", "Network is unreachable", "timed out", "certificate verify failed",
+                   "redirects"):
         if marker in text:
             return marker
-    return text.splitlines()[0][:200]
+    return _shown(" ".join(text.split())) or type(error).__name__
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """Text from the network as a message may show it: no control characters (a terminal would obey them) and
+    no unbounded length."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")

@@ -29,8 +29,16 @@ class Reference:
     @property
     def name(self) -> str:
         """What the user named, for messages (never holds credentials)."""
-        return f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "") + (
-            f"@{self.digest}" if self.digest else "")
+        return self.tagged + (f"@{self.digest}" if self.digest else "")
+
+    @property
+    def tagged(self) -> str:
+        """registry/repository[:tag]: the reference without its digest."""
+        return f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "")
+
+    def pinned(self, digest: str) -> str:
+        """The reference to what was actually transferred: reusable as is (one digest, the tag kept)."""
+        return f"{self.tagged}@{digest}"
 
     @property
     def target(self) -> str:
@@ -47,6 +55,8 @@ def parse_reference(text: str, need_tag: bool = False) -> Reference:
     registry, rest = raw.split("/", 1)
     if not HOST.fullmatch(registry) or not ("." in registry or ":" in registry or registry == "localhost"):
         raise UserError(problem, hint=f"'{registry}' is not a registry host (it needs a dot, a port or 'localhost')")
+    if ":" in registry and not 0 < int(registry.rsplit(":", 1)[1]) < 65536:
+        raise UserError(problem, hint=f"'{registry}' has a port outside 1..65535")
     digest = None
     if "@" in rest:
         rest, digest = rest.split("@", 1)

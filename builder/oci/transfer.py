@@ -2,9 +2,10 @@
 
 The artifact's config blob is the bundle's manifest.json; annotations say what the bundle is. Blobs go up
 first and the tag last, so a push that fails midway leaves the tag as it was; the same bundle always
-makes the same bytes, hence the same digest. Pull checks every digest and every file against
-manifest.json, refuses archive entries that would land outside the destination, and moves the bundle
-into place only when all of that has passed.
+makes the same bytes, hence the same digest. Pull validates the OCI manifest as it arrives, fetches the
+bundle's manifest.json first and lets the layer be no larger, and unpack to no more, than the files it
+declares; it checks every digest and every file against manifest.json, refuses archive entries that would
+land outside the destination, and moves the bundle into place only when all of that has passed.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ CONFIG_MEDIA_TYPE = "application/vnd.builder.bundle.manifest.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.builder.bundle.layer.v1.tar+gzip"
 ANNOTATION_PREFIX = "dev.builder."
 MAX_BUNDLE_BYTES = 16 << 30  # what a pull will unpack at most
+MAX_CONFIG_BYTES = 64 << 20  # a bundle's manifest.json (the artifact's config)
 
 
 @dataclass(frozen=True)
 class Transfer:
+    #: registry/repository[:tag], without the digest: str() adds the one that was transferred
     reference: str
     digest: str
     bundle: pathlib.Path
@@ -53,17 +56,32 @@ def annotations_of(manifest, manifest_sha256: str) -> dict[str, str]:
 
 
 def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> Transfer:
-    from builder.core.archive import write_archive
-    from builder.core.manifest import MANIFEST, check_files
-    from builder.oci.client import MANIFEST_MEDIA_TYPE, RegistryClient
+    from builder.core.manifest import check_files
+    from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
 
     ref = parse_reference(reference, need_tag=True)
     folder = pathlib.Path(bundle)
     if not folder.is_dir():
         raise UserError(f"bundle '{folder}' is not a folder")
-    manifest = check_files(folder)  # never publish a bundle that differs from its own manifest
     client = RegistryClient(ref, insecure)
+    try:
+        manifest = check_files(folder)  # never publish a bundle that differs from its own manifest
+        _refuse_empty_folders(folder, manifest)
+        digest, size = _push_archive(client, ref, folder, manifest)
+    except OSError as e:  # the network's failures are UserErrors already: this is a file of the bundle (or TMPDIR)
+        where = f"'{e.filename}': " if e.filename else ""
+        raise UserError(f"cannot push '{folder}': {where}{e.strerror or e}") from None
+    notice(f"pushed {ref.pinned(digest)}")
+    return Transfer(ref.tagged, digest, folder.resolve(), size)
+
+
+def _push_archive(client, ref, folder: pathlib.Path, manifest) -> tuple[str, int]:
+    """Upload the config and the archive, then the tag: the manifest digest and the layer's size."""
+    from builder.core.archive import write_archive
+    from builder.core.manifest import MANIFEST
+    from builder.oci.client import MANIFEST_MEDIA_TYPE
+
     with tempfile.TemporaryDirectory(prefix="builder-push-") as tmp:
         name = manifest.name
         layer_path = pathlib.Path(tmp) / f"{name}.tar.gz"
@@ -81,48 +99,83 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> 
             "layers": [layer],
             "annotations": annotations_of(manifest, config["digest"].removeprefix("sha256:")),
         }
-        digest = client.put_manifest(oci_manifest, ref.tag)
-        size = layer["size"]
-    notice(f"pushed {ref.name}@{digest}")
-    return Transfer(ref.name, digest, folder.resolve(), size)
+        return client.put_manifest(oci_manifest, ref.tag), layer["size"]
 
 
 def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False) -> Transfer:
-    from builder.core.archive import extract_archive
-    from builder.core.files import check_folder_destination, parents_made, staged_folder
-    from builder.core.manifest import check_files, parse_manifest
+    from builder.core.files import check_folder_destination, parents_made
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
 
     ref = parse_reference(reference)
     destination = check_folder_destination(pathlib.Path(destination), force)
     client = RegistryClient(ref, insecure)
-    oci_manifest, digest = client.get_manifest()
-    config = oci_manifest.get("config") or {}
-    layers = oci_manifest.get("layers") or []
-    if oci_manifest.get("artifactType") != ARTIFACT_TYPE and config.get("mediaType") != CONFIG_MEDIA_TYPE:
+    try:
+        # the download folder beside the destination comes first: an unwritable destination fails before the network
+        with parents_made(destination), tempfile.TemporaryDirectory(prefix="builder-pull-",
+                                                                    dir=destination.absolute().parent) as tmp:
+            digest, size = _pull_into(client, ref, destination, pathlib.Path(tmp), force)
+    except OSError as e:  # the network's failures are UserErrors already: this is the destination's filesystem
+        raise UserError(f"cannot write '{destination}': {e.strerror or e}") from None
+    notice(f"pulled {ref.pinned(digest)} into {destination}")
+    return Transfer(ref.tagged, digest, destination.resolve(), size)
+
+
+def _pull_into(client, ref, destination: pathlib.Path, tmp: pathlib.Path, force: bool) -> tuple[str, int]:
+    """Download (the bundle's manifest first, then the layer it bounds), check, unpack and move into place."""
+    from builder.core.archive import extract_archive, unpacked_bound
+    from builder.core.files import staged_folder
+    from builder.core.manifest import MANIFEST, check_files, parse_manifest
+
+    oci_manifest, digest = client.get_manifest()  # validated: every field used below has its type
+    config = oci_manifest.config
+    if oci_manifest.artifactType != ARTIFACT_TYPE and config.mediaType != CONFIG_MEDIA_TYPE:
         raise UserError(f"'{ref.name}' is not a builder bundle (artifact type "
-                        f"{oci_manifest.get('artifactType') or config.get('mediaType')!r})")
-    bundle_layers = [layer for layer in layers if isinstance(layer, dict) and layer.get("mediaType") == LAYER_MEDIA_TYPE]
+                        f"{oci_manifest.artifactType or config.mediaType!r})")
+    bundle_layers = [layer for layer in oci_manifest.layers if layer.mediaType == LAYER_MEDIA_TYPE]
     if len(bundle_layers) != 1:
         raise UserError(f"'{ref.name}' has {len(bundle_layers)} bundle layers; expected one")
-    with parents_made(destination), tempfile.TemporaryDirectory(prefix="builder-pull-",
-                                                                dir=destination.absolute().parent) as tmp:
-        config_path, layer_path = pathlib.Path(tmp) / "manifest.json", pathlib.Path(tmp) / "bundle.tar.gz"
-        client.fetch_blob(config, config_path, max_size=64 << 20)
-        notice(f"downloading {bundle_layers[0].get('size', 0):,} bytes from {ref.registry} ...")
-        client.fetch_blob(bundle_layers[0], layer_path, max_size=MAX_BUNDLE_BYTES)
-        expected = (oci_manifest.get("annotations") or {}).get(f"{ANNOTATION_PREFIX}manifest-sha256")
-        if expected and hashlib.sha256(config_path.read_bytes()).hexdigest() != expected:
-            raise UserError(f"'{ref.name}': the bundle manifest does not match the annotated sha256")
-        with staged_folder(destination, force) as staging:
-            extract_archive(layer_path, staging, MAX_BUNDLE_BYTES)
-            manifest = check_files(staging)
-            try:
-                announced = parse_manifest(json.loads(config_path.read_bytes()), f"{ref.name} (artifact config)")
-            except ValueError:
-                raise UserError(f"'{ref.name}': the artifact's config is not JSON") from None
-            if announced != manifest:
-                raise UserError(f"'{ref.name}': the bundle's manifest.json differs from the artifact's config")
-    notice(f"pulled {ref.name}@{digest} into {destination}")
-    return Transfer(ref.name, digest, destination.resolve(), bundle_layers[0]["size"])
+    [layer] = bundle_layers
+    config_path, layer_path = tmp / MANIFEST, tmp / "bundle.tar.gz"
+    client.fetch_blob(config, config_path, max_size=MAX_CONFIG_BYTES)
+    expected = (oci_manifest.annotations or {}).get(f"{ANNOTATION_PREFIX}manifest-sha256")
+    config_bytes = config_path.read_bytes()
+    if expected and hashlib.sha256(config_bytes).hexdigest() != expected:
+        raise UserError(f"'{ref.name}': the bundle manifest does not match the annotated sha256")
+    try:
+        announced = parse_manifest(json.loads(config_bytes), f"{ref.name} (artifact config)")
+    except (ValueError, RecursionError):
+        raise UserError(f"'{ref.name}': the artifact's config is not JSON") from None
+    # what the bundle declares bounds what the layer may be and unpack to, before a byte of it is fetched
+    allowed = {entry.path: entry.size for entry in announced.files}
+    allowed[MANIFEST] = config.size
+    unpacked = sum(allowed.values())
+    if unpacked > MAX_BUNDLE_BYTES:
+        raise UserError(f"'{ref.name}' declares {unpacked:,} bytes of files; a pull unpacks at most "
+                        f"{MAX_BUNDLE_BYTES:,}")
+    stream = unpacked_bound(allowed)
+    # gzip never grows data by more than ~0.03% plus a few bytes (zlib's deflateBound): 1% + 1 MiB is ample
+    most = stream + stream // 100 + (1 << 20)
+    if layer.size > most:
+        raise UserError(f"'{ref.name}': its layer is {layer.size:,} bytes, more than the {unpacked:,} bytes of files "
+                        "its manifest declares can take")
+    notice(f"downloading {layer.size:,} bytes from {ref.registry} ...")
+    client.fetch_blob(layer, layer_path, max_size=most)
+    with staged_folder(destination, force) as staging:
+        extract_archive(layer_path, staging, allowed)
+        manifest = check_files(staging)
+        if announced != manifest:
+            raise UserError(f"'{ref.name}': the bundle's manifest.json differs from the artifact's config")
+    return digest, layer.size
+
+
+def _refuse_empty_folders(folder: pathlib.Path, manifest) -> None:
+    """A pull accepts only the folders above the files a manifest lists, so a push publishes no other."""
+    from builder.core.archive import folders_of
+
+    needed = folders_of(entry.path for entry in manifest.files)
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_dir() and relative not in needed:
+            raise UserError(f"bundle '{folder}' holds the folder '{relative}', which holds none of its files",
+                            hint="remove it")
