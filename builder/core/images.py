@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import pathlib
+import re
+import struct
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
 import numpy as np
+
+from builder.core.errors import UserError
 
 #: builder's own photos (builder/data/photos): calibration default, smoke run, verify and bench defaults
 PHOTOS = pathlib.Path(__file__).resolve().parents[1] / "data" / "photos"
@@ -13,6 +19,9 @@ PHOTOS = pathlib.Path(__file__).resolve().parents[1] / "data" / "photos"
 CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china")
 HELD_OUT_PHOTOS = ("grace_hopper", "flower")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: the most pixels builder decodes (64 Mi: 192 MiB as RGB). A file declaring more is refused before it is
+#: decoded: a few KB of PNG can declare 20000x20000 and expand to gigabytes (a decompression bomb).
+MAX_IMAGE_PIXELS = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -43,18 +52,60 @@ class Preprocessing:
         return steps
 
 
+class ImageTooLarge(UserError, ValueError):
+    """An image declaring more than MAX_IMAGE_PIXELS. A ValueError too: readers that skip or wrap unreadable
+    images (calibration, verify) treat it as one."""
+
+
+#: Pillow's pixel limit and the warnings filter are process-wide: one reader at a time changes them
+_PIL_SETTINGS = threading.Lock()
+#: what Pillow's format plugins raise on malformed files besides OSError and ValueError
+_MALFORMED = (SyntaxError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError)
+#: 16-bit samples (PNG, TIFF) that Pillow would clip at 255 when converting to RGB
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
 def read_image(path: pathlib.Path) -> np.ndarray:
-    """An image file as H x W x 3 uint8 RGB, turned upright by its EXIF orientation."""
+    """An image file as H x W x 3 uint8 RGB, turned upright by its EXIF orientation.
+
+    Raises OSError or ValueError (ImageTooLarge above MAX_IMAGE_PIXELS) for a file it cannot read.
+    """
+    with _PIL_SETTINGS:
+        return _read_bounded(path)
+
+
+def _read_bounded(path: pathlib.Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow then refuses a bomb itself, before decoding
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_large(f"{width}x{height}")
+                if im.mode in _WIDE_MODES:
+                    wide = np.asarray(ImageOps.exif_transpose(im)).astype(np.int64)
+                    return np.repeat((np.clip(wide, 0, 65535) >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        declared = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds limit ..."
+        raise _too_large(declared.group(1) if declared else "more") from None
+    except _MALFORMED as e:
+        raise OSError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _too_large(size: str) -> ImageTooLarge:
+    return ImageTooLarge(f"it declares {size} pixels, more than the {MAX_IMAGE_PIXELS} builder decodes "
+                         f"(a decompression bomb?)")
 
 
 def image_files(folder: str | pathlib.Path) -> list[pathlib.Path]:
     """The image files under `folder`, subfolders included, sorted by path so that runs repeat."""
-    from builder.core.errors import UserError
-
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise UserError(f"images folder '{folder}' does not exist")
@@ -82,6 +133,13 @@ class Placement:
         out = np.asarray(boxes, dtype=np.float32).copy()
         out[..., [0, 2]] = (out[..., [0, 2]] - self.pad_x) / self.scale_x
         out[..., [1, 3]] = (out[..., [1, 3]] - self.pad_y) / self.scale_y
+        return out
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """x1, y1, x2, y2 in original-image pixels -> in network-input pixels (`to_original` undone)."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[..., [0, 2]] = out[..., [0, 2]] * self.scale_x + self.pad_x
+        out[..., [1, 3]] = out[..., [1, 3]] * self.scale_y + self.pad_y
         return out
 
 

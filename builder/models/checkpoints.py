@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import zipfile
 from typing import Any, Mapping
 
 from builder.core.errors import UserError
 
 #: how many differing keys an error message lists before it summarises
 SHOWN_KEYS = 4
+
+
+#: what torch.load raises on a file that is not a checkpoint it can read: the unpickler fails in many ways
+#: on foreign bytes (a text file's first byte read as an opcode is a KeyError, a one-byte file an IndexError)
+UNREADABLE = (KeyError, IndexError, AttributeError, UnicodeDecodeError, zipfile.BadZipFile, pickle.UnpicklingError,
+              RuntimeError, EOFError, ValueError, OSError, TypeError)
+#: how a file torch.save wrote begins: a zip archive, or (the legacy format) a pickle's PROTO opcode
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def read_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
@@ -20,16 +29,39 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
         raise UserError(f"checkpoint '{path}' does not exist or is not a file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing checkpoint '{path}': it holds Python objects other than tensors, which "
-                        f"could run code when loaded ({first[:160]})",
-                        hint="re-save it as a plain state_dict with torch.save(model.state_dict(), path)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint '{path}': {str(e).strip().splitlines()[0][:200]}") from None
+    except UNREADABLE as e:
+        raise _unreadable(path, e) from None
     if not isinstance(data, Mapping):
         raise UserError(f"checkpoint '{path}' holds a {type(data).__name__}, not a state dict")
     return dict(data)
+
+
+def _unreadable(path: pathlib.Path, error: BaseException) -> UserError:
+    """One line for a checkpoint torch.load refused: code it would have run, or why the bytes are no checkpoint."""
+    # torch's messages run to paragraphs of advice: keep the first sentence of each line
+    lines = [line.strip().split(". ")[0].rstrip(".")[:200] for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError):
+        refused = next((line for line in lines if "GLOBAL" in line), None)  # weights_only names what it refused
+        if refused is not None:
+            return UserError(f"refusing checkpoint '{path}': it holds Python objects other than tensors, which "
+                             f"could run code when loaded ({refused})",
+                             hint="re-save it as a plain state_dict with torch.save(model.state_dict(), path)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(CHECKPOINT_MAGIC[0]))
+    except OSError as e:
+        return UserError(f"cannot read checkpoint '{path}': {e.strerror or e}")
+    if not head:
+        reason = "the file is empty"
+    elif not head.startswith(CHECKPOINT_MAGIC):
+        reason = "not a PyTorch checkpoint (torch.save writes a zip archive or a pickle)"
+    elif isinstance(error, OSError) and not isinstance(error, zipfile.BadZipFile):
+        reason = error.strerror or (lines[0] if lines else type(error).__name__)
+    elif (operand := next((line for line in lines if line.startswith("Unsupported operand")), None)) is not None:
+        reason = f"a pickle torch.save did not write, which the safe loader cannot read ({operand})"
+    else:
+        reason = f"it is truncated or corrupt ({type(error).__name__}" + (f": {lines[0]})" if lines else ")")
+    return UserError(f"cannot read checkpoint '{path}': {reason}")
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def folder_photos(folder: str | pathlib.Path, count: int) -> list[tuple[str, np.
             break
         try:
             photos.append((path.name, read_image(path)))
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a decompression bomb, or a PNG chunk too large to inflate
             warn(f"skipping {path.name}: not a readable image ({e})")
     if not photos:
         raise UserError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")

@@ -1,13 +1,15 @@
 """`builder bundle`: spec -> export -> rendered files -> checks -> manifest -> atomic move into place."""
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from builder.targets.spec import BundleSpec, TensorRTOptions, TritonOptions, merge, read_spec_file
+from builder.targets.spec import (BundleSpec, TensorRTOptions, TritonOptions, check_bundle_inputs, merge,
+                                  read_spec_file)
 from builder.core.errors import UserError, did_you_mean
 from builder.core.log import notice, warn
 from builder.exporting.spec import ExportSpec
@@ -75,6 +77,7 @@ def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Pa
     from builder.runners import select_runner
 
     spec = resolve_spec(spec_file, **options)
+    check_bundle_inputs(spec)  # a missing input is one line now, not after choosing a runner and exporting
     destination = pathlib.Path(output) if output is not None else pathlib.Path(DEFAULT_OUTPUT_ROOT) / spec.model_name
     check_folder_destination(destination, force)
     archive_path = destination.with_name(destination.name + ".tar.gz") if archive else None
@@ -111,7 +114,7 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
         result = outcome.result
         class_names = resolve_class_names(spec, result, labels)
         context = template_context(spec, result, class_names, target.model_file, outcome.versions)
-        target.render(renderer, context, staging)
+        target.render(renderer, copy.deepcopy(context), staging)  # what rendering does stays out of the manifest
         _write(staging / "build.yaml", spec.to_yaml())
         if result.accuracy_report is not None:
             report = {k: v for k, v in result.accuracy_report.items() if k != "path"}
@@ -174,7 +177,8 @@ def template_context(spec: BundleSpec, result, class_names: list[str], model_fil
         request_batch = spec.max_batch_size
     else:
         request_batch = fixed_batch or REQUEST_BATCH_UNBATCHED
-    return {
+    # copies: templates and targets get values of their own, never the lists and dicts the manifest is built from
+    return copy.deepcopy({
         "name": spec.model_name, "model": result.model, "version": spec.version, "target": spec.target,
         "precision": result.precision, "builder_version": __version__,
         "output_format": result.output_predictions_format,
@@ -185,7 +189,7 @@ def template_context(spec: BundleSpec, result, class_names: list[str], model_fil
         "nms": nms_settings(result), "model_file": model_file,
         # what built the model (the stage's toolchain), plus the host's client library the Triton client pins
         "versions": {**stage_versions, **toolchain_versions(("tritonclient",))},
-    }
+    })
 
 
 def nms_settings(result) -> dict:
