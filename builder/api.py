@@ -6,27 +6,33 @@ from typing import Any, Optional
 
 
 def export(model_or_name: Any, output: str | pathlib.Path, *, runner: str = "local", image: Optional[str] = None,
-           gpus: bool = False, pull: bool = False, **options: Any):
+           gpus: bool = False, pull: bool = False, force: bool = True, **options: Any):
     """Export a model (a `Detector` or a variant name) to one ONNX file; returns an `ExportResult`.
 
     Options are the fields of `ExportSpec`, with SuperGradients' names. `runner="docker"` (or "auto") runs
     the export in the pinned builder image; a model object can only be exported here (`runner="local"`).
+    An existing `output` is replaced (atomically) by default, because SuperGradients-style code calls
+    `model.export("m.onnx")` again and again on one path; `force=False` refuses it, as `builder export`
+    does without --force.
     """
+    from builder.core.errors import UserError
     from builder.runners import export_with_runner, select_runner
 
+    destination = pathlib.Path(output)
+    if not force and (destination.exists() or destination.is_symlink()):
+        raise UserError(f"'{output}' already exists", hint="pass --force to replace it")
     if runner == "local":
         from builder.stage.export import export as export_here
 
         return export_here(model_or_name, output, **options)
     if not isinstance(model_or_name, str):
-        from builder.core.errors import UserError
-
         raise UserError("only a model name can be exported in a container: use runner='local' for a model object")
     from builder.core.files import check_model_destination
-    from builder.exporting.spec import ExportSpec
+    from builder.exporting.spec import ExportSpec, check_inputs
 
-    ExportSpec.create(model=model_or_name, **options)  # bad options and destinations fail before a runner is chosen
-    check_model_destination(pathlib.Path(output))
+    # bad options, inputs and destinations fail before a runner is chosen
+    check_inputs(ExportSpec.create(model=model_or_name, **options))
+    check_model_destination(destination)
     chosen = select_runner(runner, image, gpus, pull)
     if chosen.name == "local":
         from builder.stage.export import export as export_here

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 # adding a family means adding its folder (FAMILY in __init__.py, BUILDERS in its network module) and a line here
 FAMILY_MODULES = ("builder.models.yolo_nas", "builder.models.ppyoloe")
 DEFAULT_NUM_CLASSES = 80
+#: A 100000-class head is 1.6 G parameters (6 GiB) in ppyoloe_x and its decoded scores are 3.4 GB per 640x640
+#: image; 10000 costs 0.9 GiB and 340 MB and is far above the largest detection label sets (LVIS: 1203)
+MAX_NUM_CLASSES = 10_000
 
 
 @functools.cache
@@ -42,8 +45,8 @@ RANDOM_WEIGHTS_SEED = 0
 def construct(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> "Detector":
     """The variant with fresh (random) weights, in training form."""
     family = family_of(variant)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= MAX_NUM_CLASSES:
+        raise UserError(f"num_classes must be an integer from 1 to {MAX_NUM_CLASSES}, got {num_classes!r}")
     model = family.builder(variant)(num_classes)
     model.variant = variant
     model.family = family
@@ -126,11 +129,21 @@ def build(variant: str, num_classes: int | None = None, checkpoint_path: str | N
     model = construct(variant, num_classes or found or DEFAULT_NUM_CLASSES)
     problem = state_dict_mismatch(model.state_dict(), state)
     if problem:
-        hint = (f"it was trained with {found} classes: pass num_classes={found}"
+        hint = (f"it was trained with {found} classes: on the command line pass --num-classes {found}, in Python "
+                f"pass num_classes={found}"
                 if found and found != model.num_classes else "is it a checkpoint of another model?")
         raise UserError(f"checkpoint '{path.name}' does not fit {variant} with {model.num_classes} classes: {problem}",
                         hint=hint)
     model.load_state_dict(state, strict=True)
+    # a diverged training run saves NaN/Inf weights: such a model detects nothing, ever, without any error
+    import torch
+
+    broken = next((key for key, tensor in state.items()
+                   if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all())),
+                  None)
+    if broken is not None:
+        raise UserError(f"checkpoint '{path.name}': tensor '{broken}' holds NaN/Inf values",
+                        hint="the training run diverged: take an earlier checkpoint")
     names = checkpoint_class_names(checkpoint)
     if not names and str(weights) == "coco":
         from builder.models.coco import COCO_CLASS_NAMES

@@ -8,7 +8,7 @@ from typing import Any
 
 from builder.core.errors import UserError
 from builder.core.extras import require
-from builder.exporting.spec import ExportSpec
+from builder.exporting.spec import ExportSpec, check_inputs
 
 #: SuperGradients' names for the precision option
 QUANTIZATION_MODES = {None: "fp32", "fp16": "fp16", "int8": "int8"}
@@ -50,6 +50,7 @@ def export(model_or_name: Any, output: str | pathlib.Path, **options: Any):
         model = None
     else:
         raise UserError(f"expected a model or a model name, got {type(model_or_name).__name__}")
+    check_inputs(spec)  # before the model is built, traced and calibrated
     if loader is not None and spec.precision != "int8":
         raise UserError("calibration_loader only applies to INT8 (quantization_mode='int8')")
     if spec.precision != "fp32" and isinstance(custom_post, torch.nn.Module):
