@@ -285,17 +285,19 @@ def _export_options(callback):
     """`builder export`'s options, attached when the command is built (bottom to top, as decorators)."""
     callback = spec_options(callback)
     callback = _runner_options(callback)
+    callback = click.option("--force", is_flag=True, help="Replace an existing output file.")(callback)
     return click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
                         help="Where to write the .onnx file.")(callback)
 
 
 @cli.lazy_command("export", _export_options)
-def _export(output: str, runner: str, image: str | None, gpus: bool, pull: bool, **given) -> None:
+def _export(output: str, force: bool, runner: str, image: str | None, gpus: bool, pull: bool, **given) -> None:
     """Export a model to ONNX with preprocessing, decoding and NMS in the graph."""
     from builder.api import export
 
     values = spec_values(given)
-    result = export(values.pop("model"), output, runner=runner, image=image, gpus=gpus, pull=pull, **values)
+    result = export(values.pop("model"), output, runner=runner, image=image, gpus=gpus, pull=pull, force=force,
+                    **values)
     click.echo(result.usage)
 
 
@@ -423,33 +425,65 @@ def __getattr__(name: str) -> click.Command:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the command and maps its failure to an exit code and one line on stderr."""
-    try:
-        cli.main(args=argv, prog_name="builder", standalone_mode=False)
-    except UserError as e:
-        click.echo(f"error: {e.one_line()}", err=True)
-        return getattr(e, "exit_code", EXIT_USER_ERROR)
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.Abort:
-        click.echo("error: interrupted", err=True)
-        return 130
-    except click.ClickException as e:
-        hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
-        click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        return 130
-    except Exception:  # our bug: keep the traceback, it is what a bug report needs
-        import traceback
+    """Entry point: runs the command and maps its failure to an exit code and one line on stderr.
 
-        traceback.print_exc()
-        click.echo(f"builder {__version__} hit an internal error (a bug): please report it with the traceback above",
-                   err=True)
-        return EXIT_INTERNAL_ERROR
-    return 0
+    SIGTERM unwinds like Ctrl-C (every cleanup runs) and ends as `error: terminated`, 143; Ctrl-C as
+    `error: interrupted`, 130, also when a library caught the KeyboardInterrupt and raised its own error.
+    """
+    from builder.core.signals import interrupting_signals
+
+    with interrupting_signals() as interruptions:
+        try:
+            try:
+                cli.main(args=argv, prog_name="builder", standalone_mode=False)
+            finally:
+                interruptions.raising = False
+        except click.exceptions.Exit as e:
+            return e.exit_code
+        except (Exception, KeyboardInterrupt) as e:
+            return _failure(e, interruptions.cause_of(e))
+        return 0
+
+
+#: exit codes of a run stopped by a signal: 128 + its number, as a shell reports it
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def _failure(error: BaseException, interrupted: int | None) -> int:
+    """The exit code of a failed command, after its one line (or, for a bug, its traceback) on stderr.
+    `interrupted`: the signal that the failure is the consequence of, if any."""
+    import signal
+
+    if interrupted == signal.SIGTERM:
+        click.echo("error: terminated", err=True)
+        return EXIT_TERMINATED
+    if interrupted is not None or isinstance(error, click.Abort):
+        click.echo("error: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if isinstance(error, UserError):
+        click.echo(f"error: {error.one_line()}", err=True)
+        return getattr(error, "exit_code", EXIT_USER_ERROR)
+    if isinstance(error, click.ClickException):
+        hint = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
+        click.echo(f"error: {' '.join(error.format_message().split())}{hint}", err=True)
+        return EXIT_USER_ERROR
+    # our bug: keep the traceback, it is what a bug report needs
+    import traceback
+
+    traceback.print_exception(error)
+    click.echo(f"builder {__version__} hit an internal error (a bug): please report it with the traceback above",
+               err=True)
+    return EXIT_INTERNAL_ERROR
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    # the outcome is decided and reported: a Ctrl-C or SIGTERM during the interpreter's teardown (a second or
+    # so with torch loaded) would only turn it into a traceback from an atexit callback or a death by signal
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+            signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)

@@ -2,17 +2,171 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import fcntl
 import os
 import pathlib
+import re
 import shutil
 import tempfile
+import time
 
 from builder.core.errors import UserError
 
 #: how often a --force move retries when concurrent builds keep putting a destination back
 FORCE_MOVE_ATTEMPTS = 20
+#: write failures that are the user's environment (a full disk, a quota, a read-only or forbidden place), not a bug
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+#: those that are the environment whichever file met them (a full TMPDIR too); EACCES and EPERM only on our paths
+_ALWAYS_ENVIRONMENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: what builds leave beside a destination while they run: `.NAME.PID.RANDOM.KIND`
+SCRATCH_KINDS = ("staging", "stage", "old", "tmp")
+#: a leftover younger than this is spared: a build in another pid namespace may not have locked it yet
+STALE_AFTER_S = 5.0
+
+
+class CannotWrite(UserError):
+    """An output could not be written for a reason of the user's environment; names the path the user gave."""
+
+    def __init__(self, path: pathlib.Path | str, code: int):
+        super().__init__(f"cannot write '{path}': {os.strerror(code)}")
+        self.path = pathlib.Path(path)
+        self.errno = code
+
+
+def _scratch(path: pathlib.Path, destination: pathlib.Path) -> bool:
+    """Whether `path` lies in what a build of `destination` keeps beside it while it runs (`.NAME.*`)."""
+    parent = destination.parent
+    return parent in path.parents and path.relative_to(parent).parts[0].startswith(f".{destination.name}.")
+
+
+def _ours(path: pathlib.Path, destination: pathlib.Path) -> bool:
+    """Whether `path` is where writing `destination` writes: it, a folder above it, our scratch beside it, or an
+    entry being created in its folder (the place the user chose)."""
+    return (path == destination or path in destination.parents or _scratch(path, destination)
+            or (path.parent == destination.parent and not os.path.lexists(path)))
+
+
+@contextlib.contextmanager
+def user_environment_errors(destination: pathlib.Path):
+    """Turn a full disk, a quota, or a read-only or forbidden destination met while writing `destination` into
+    one line naming it (CannotWrite); what was made is cleaned up by the blocks inside. The same errors on
+    another path (a weights file one may not read) are not ours to judge and go on unchanged."""
+    destination = pathlib.Path(destination)
+    absolute = destination.absolute()
+    try:
+        yield
+    except CannotWrite as e:
+        if _scratch(e.path.absolute(), absolute):  # a scratch file's name means nothing to the user
+            raise CannotWrite(destination, e.errno) from e
+        raise
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        failed = [pathlib.Path(os.fsdecode(name)).absolute() for name in (e.filename, e.filename2) if name is not None]
+        outside = [path for path in failed if not _ours(path, absolute)]
+        if not outside:
+            raise CannotWrite(destination, e.errno) from e
+        if e.errno in _ALWAYS_ENVIRONMENT:
+            raise CannotWrite(outside[0], e.errno) from e
+        raise
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id: never a reason to remove anything
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _lock(fd: int) -> None:
+    """Mark a scratch entry as in use for as long as this process holds `fd`, whatever pid namespace it is in."""
+    with contextlib.suppress(OSError):  # a filesystem without locks: the pid in the name has to do
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _held(path: pathlib.Path) -> bool:
+    """Whether a live process holds `path`'s lock (where the filesystem cannot tell, the pid has decided)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (releases the lock if we took it)
+    return False
+
+
+def _scratch_prefix(destination: pathlib.Path) -> str:
+    return f".{destination.name}.{os.getpid()}."
+
+
+def sweep_leftovers(destination: pathlib.Path) -> None:
+    """Remove what builds of `destination` that were killed (SIGKILL, a lost machine) left beside it.
+
+    A leftover is `.NAME.PID.RANDOM.KIND`. It is removed when its process is gone, it is older than
+    STALE_AFTER_S, and nobody holds its lock: a live build in another pid namespace (a container), whose pid
+    means nothing here, still holds its lock. Leftovers of builds that ran as pid 1 of a container wait for
+    a build that runs where that pid is free.
+    """
+    from builder.core.log import notice
+
+    destination = pathlib.Path(destination).absolute()
+    pattern = re.compile(re.escape(f".{destination.name}.") + r"(\d+)\.[a-z0-9_]+\.(?:" + "|".join(SCRATCH_KINDS)
+                         + r")")
+    try:
+        entries = list(os.scandir(destination.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _process_alive(int(match[1])):
+            continue
+        path = pathlib.Path(entry.path)
+        try:
+            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if age < STALE_AFTER_S or _held(path):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if not os.path.lexists(path):
+            notice(f"removed '{path}', left by a build (process {match[1]}) that did not finish")
+
+
+@contextlib.contextmanager
+def scratch_folder(destination: pathlib.Path, kind: str):
+    """Yields a new folder `.NAME.PID.RANDOM.KIND` beside `destination` for a build's temporary files, removed
+    at the end; locked meanwhile. What a killed build leaves there the next build of `destination` sweeps."""
+    destination = pathlib.Path(destination)
+    if kind not in SCRATCH_KINDS:
+        raise ValueError(f"scratch kind {kind!r}: one of {SCRATCH_KINDS}")
+    sweep_leftovers(destination)
+    folder = pathlib.Path(tempfile.mkdtemp(prefix=_scratch_prefix(destination), suffix=f".{kind}",
+                                           dir=destination.absolute().parent))
+    lock = None
+    try:
+        lock = os.open(folder, os.O_RDONLY)
+        _lock(lock)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def missing_parents(destination: pathlib.Path) -> list[pathlib.Path]:
@@ -31,19 +185,20 @@ def missing_parents(destination: pathlib.Path) -> list[pathlib.Path]:
 def parents_made(destination: pathlib.Path):
     """Create the missing folders above `destination` (as mkdir -p would); remove them again on failure."""
     created = []
-    try:
-        for folder in missing_parents(destination):
-            try:
-                folder.mkdir()
-            except FileExistsError:  # made by a concurrent build: not ours to remove
-                continue
-            created.append(folder)
-        yield
-    except BaseException:
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):  # a folder that has gained other content stays
-                folder.rmdir()
-        raise
+    with user_environment_errors(destination):
+        try:
+            for folder in missing_parents(destination):
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # made by a concurrent build: not ours to remove
+                    continue
+                created.append(folder)
+            yield
+        except BaseException:
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):  # a folder that has gained other content stays
+                    folder.rmdir()
+            raise
 
 
 @contextlib.contextmanager
@@ -51,8 +206,10 @@ def atomic_file(destination: pathlib.Path, mode: int = 0o644):
     """Yields a binary file beside `destination`, renamed onto it when the block succeeds."""
     destination = pathlib.Path(destination)
     with parents_made(destination):
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        sweep_leftovers(destination)
+        fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(destination), suffix=".tmp", dir=destination.parent)
         try:
+            _lock(fd)
             with os.fdopen(fd, "wb") as f:
                 yield f
             os.chmod(tmp, mode)
@@ -86,6 +243,8 @@ def check_model_destination(destination: pathlib.Path) -> pathlib.Path:
 
 
 def _renameat2():
+    import ctypes  # here: the CLI imports this module at start, and ctypes is most of its cost
+
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+
     except (AttributeError, OSError):
@@ -96,6 +255,7 @@ def _renameat2():
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 
 
 def rename_no_replace(source: pathlib.Path, destination: pathlib.Path) -> None:
@@ -106,6 +266,8 @@ def rename_no_replace(source: pathlib.Path, destination: pathlib.Path) -> None:
     the filesystem lacks it, an exclusive mkdir claims the name first and the rename replaces only that
     empty folder of ours (a rename onto a non-empty folder fails, so content put there is never lost).
     """
+    import ctypes
+
     function = _renameat2()
     if function is not None:
         if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
@@ -124,7 +286,27 @@ def rename_no_replace(source: pathlib.Path, destination: pathlib.Path) -> None:
         raise
 
 
-def _move_into_place(staging: pathlib.Path, destination: pathlib.Path, force: bool, parent: pathlib.Path) -> None:
+def rename_exchange(source: pathlib.Path, destination: pathlib.Path) -> bool:
+    """Swap `source` and `destination` in one step (renameat2 RENAME_EXCHANGE): a reader, or a kill at any
+    moment, finds one of the two whole at `destination`. False where the call or the filesystem lacks it;
+    FileNotFoundError when `destination` is gone."""
+    import ctypes
+
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        raise FileNotFoundError(code, os.strerror(code), str(destination))
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(source), None, str(destination))
+
+
+def _move_into_place(staging: pathlib.Path, destination: pathlib.Path, force: bool) -> None:
+    """`staging` becomes `destination`; with `force` what was there ends up at `staging`, for the caller to remove."""
     for _ in range(FORCE_MOVE_ATTEMPTS):
         try:
             rename_no_replace(staging, destination)
@@ -132,33 +314,37 @@ def _move_into_place(staging: pathlib.Path, destination: pathlib.Path, force: bo
         except FileExistsError:
             if not force:
                 raise UserError(f"'{destination}' already exists", hint="pass --force to replace it") from None
-        # --force: move what is there aside, then try again (a concurrent build may have put one back)
-        old = pathlib.Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=parent))
         try:
-            os.replace(destination, old / "replaced")
+            if rename_exchange(staging, destination):
+                return
         except FileNotFoundError:
-            pass  # a concurrent build moved it first
+            continue  # a concurrent build moved it away first
+        # no exchange here: move what is there aside, then try again (a concurrent build may put one back);
+        # a kill in between leaves the old one in the scratch folder, for the next build's sweep
+        aside = staging.with_name(f"{staging.name}.old")
+        try:
+            os.replace(destination, aside)
+        except FileNotFoundError:
+            pass
         finally:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
     raise UserError(f"'{destination}' keeps being replaced by another process", hint="build one at a time")
 
 
 @contextlib.contextmanager
 def staged_folder(destination: pathlib.Path, force: bool):
-    """Yields an empty folder beside `destination`; when the block succeeds it becomes `destination`.
+    """Yields an empty folder near `destination`; when the block succeeds it becomes `destination`.
 
     Without `force` whatever exists at `destination` at the final move is left untouched and the build
-    fails; with `force` it is replaced in one rename. On failure (or Ctrl-C) the staging folder and any
-    parent folders made for it are removed and `destination` is as it was.
+    fails; with `force` it is replaced in one rename. On failure, Ctrl-C or SIGTERM the staging folder and
+    any parent folders made for it are removed and `destination` is as it was. The yielded folder sits in a
+    scratch folder `.NAME.PID.RANDOM.staging` of its own (its parent, for the build's other temporary
+    files), so what a killed build leaves is one entry, which the next build of `destination` sweeps away.
     """
     destination = check_folder_destination(destination, force)
-    with parents_made(destination):
-        parent = destination.absolute().parent
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".staging", dir=parent))
-        try:
-            yield staging
-            os.chmod(staging, 0o755)
-            _move_into_place(staging, destination, force, parent)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+    with parents_made(destination), scratch_folder(destination, "staging") as scratch:
+        staging = scratch / (destination.absolute().name or "staging")
+        staging.mkdir()
+        yield staging
+        os.chmod(staging, 0o755)
+        _move_into_place(staging, destination, force)

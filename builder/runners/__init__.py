@@ -52,22 +52,15 @@ def export_with_runner(runner, output: str | pathlib.Path, **options):
     """`builder export` with the stage in a container: the same ONNX file, moved into place when it is whole."""
     import dataclasses
     import os
-    import shutil
-    import tempfile
 
-    from builder.core.files import check_model_destination
-    from builder.core.files import parents_made
+    from builder.core.files import check_model_destination, parents_made, scratch_folder
     from builder.stage.result import save_report
 
     output = check_model_destination(pathlib.Path(output))
     spec = ExportSpec.create(**options)
-    with parents_made(output):
-        stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".stage", dir=output.parent))
-        try:
-            outcome = runner.run(spec, stage_dir)
-            os.replace(outcome.model, output)
-        finally:
-            shutil.rmtree(stage_dir, ignore_errors=True)
+    with parents_made(output), scratch_folder(output, "stage") as stage_dir:  # swept if this process is killed
+        outcome = runner.run(spec, stage_dir)
+        os.replace(outcome.model, output)
     result = dataclasses.replace(outcome.result, output=output.resolve())
     if result.accuracy_report is not None:
         save_report(result.accuracy_report, output)

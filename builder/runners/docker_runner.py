@@ -8,9 +8,12 @@ the timeout stops and removes it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import secrets
+import signal
 import sys
 import threading
 from typing import Optional
@@ -85,7 +88,6 @@ class DockerRunner:
         request_path = output.parent / f".{output.name}.spec.json"
         if engine is not None and not self.gpus:
             raise UserError("building a TensorRT engine needs the GPU in the container: add --gpus")
-        request_path.write_text(json.dumps(stage_request(spec, engine), indent=2))
         mounts = {str(request_path): {"bind": str(request_path), "mode": "ro"}, str(output): {"bind": str(output), "mode": "rw"}}
         environment = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
         for path, mode in self._inputs(spec):
@@ -104,25 +106,27 @@ class DockerRunner:
         if os.getuid() == 0:
             os.chown(output, uid, gid)
         notice(f"export stage in {self.image} ({info['image_id'][:19]}), no network, as uid {uid}")
+        # named, so that a container whose creation a Ctrl-C cut short can still be found and removed
+        name = f"builder-stage-{os.getpid()}-{secrets.token_hex(4)}"
+        container = None
         try:
-            container = self.client.containers.create(
-                self.image, [str(request_path), str(output)], entrypoint=["python", "-m", "builder.stage"],
-                user=f"{uid}:{gid}", network_mode="none", volumes=mounts, environment=environment,
-                working_dir=os.getcwd(), read_only=True, tmpfs={"/tmp": "rw,exec,size=8g"}, cap_drop=["ALL"],
-                security_opt=["no-new-privileges"], device_requests=device_requests, detach=True)
-        except docker.errors.APIError as e:
-            raise UserError(f"cannot create the stage container: {e.explanation or e}") from None
-        try:
+            request_path.write_text(json.dumps(stage_request(spec, engine), indent=2))
+            try:
+                container = self.client.containers.create(
+                    self.image, [str(request_path), str(output)], entrypoint=["python", "-m", "builder.stage"],
+                    name=name, user=f"{uid}:{gid}", network_mode="none", volumes=mounts, environment=environment,
+                    working_dir=os.getcwd(), read_only=True, tmpfs={"/tmp": "rw,exec,size=8g"}, cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"], device_requests=device_requests, detach=True)
+            except docker.errors.APIError as e:
+                raise UserError(f"cannot create the stage container: {e.explanation or e}") from None
             status, tail = self._follow(container)
         finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
-            request_path.unlink(missing_ok=True)
-            if os.getuid() == 0:
-                for path in [output, *output.rglob("*")]:
-                    os.chown(path, 0, 0)
+            with _signals_held():  # a second Ctrl-C or SIGTERM must not leave the container running
+                self._remove(container, name)
+                request_path.unlink(missing_ok=True)
+                if os.getuid() == 0:
+                    for path in [output, *output.rglob("*")]:
+                        os.chown(path, 0, 0)
         if status != 0:
             line = next((line for line in reversed(tail) if line.startswith("error:")), tail[-1] if tail else "")
             raise UserError(f"export stage failed in {self.image} (exit {status}): "
@@ -146,6 +150,16 @@ class DockerRunner:
         except docker.errors.APIError as e:
             raise UserError(f"cannot pull '{self.image}': {e.explanation or e}") from None
         return image_info(self.client, self.image)
+
+    def _remove(self, container, name: str) -> None:
+        """Stop and remove the stage container: the one created, or the one of that name an interrupted
+        create may have left."""
+        import docker
+
+        try:
+            (container or self.client.containers.get(name)).remove(force=True)
+        except docker.errors.APIError:  # gone already, or never created
+            pass
 
     @staticmethod
     def _inputs(spec: ExportSpec) -> list[tuple[pathlib.Path, str]]:
@@ -192,6 +206,29 @@ class DockerRunner:
         if timed_out.is_set():
             raise UserError(f"export stage in {self.image} ran past {self.timeout_s:.0f} s and was stopped")
         return status, tail
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM until the block (a cleanup; each docker call gives up after 30 s) is done, then
+    act on the first as its handler would (raise KeyboardInterrupt, or end the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in held[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def _mount(mounts: dict, path: pathlib.Path, mode: str) -> None:

@@ -138,8 +138,15 @@ def read_outcome(output: pathlib.Path, runner_environment: dict) -> StageOutcome
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point in the container: errors as one 'error:' line (the runner reports the last one)."""
+    """Entry point in the container: errors as one 'error:' line (the runner reports the last one).
+
+    SIGTERM (docker stop; as the container's pid 1 the stage is otherwise deaf to it) and Ctrl-C unwind, so
+    no temporary file is left in the output folder: `error: terminated` (143) or `error: interrupted` (130).
+    """
+    import signal
+
     from builder.core.errors import UserError
+    from builder.core.signals import interrupting_signals
     from builder.core.log import configure
 
     args = sys.argv[1:] if argv is None else argv
@@ -147,18 +154,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("usage: python -m builder.stage SPEC.json OUTPUT_DIR", file=sys.stderr)
         return 2
     configure(quiet=False)
-    try:
-        request = json.loads(pathlib.Path(args[0]).read_text())
-        run_stage(request, pathlib.Path(args[1]))
-    except UserError as e:
-        print(f"error: {e.one_line()}", file=sys.stderr)
-        return 2
-    except Exception as e:  # a bug: the traceback for the report, then one line for the runner to show
-        import traceback
+    with interrupting_signals() as interruptions:
+        try:
+            try:
+                request = json.loads(pathlib.Path(args[0]).read_text())
+                run_stage(request, pathlib.Path(args[1]))
+            finally:
+                interruptions.raising = False
+        except (Exception, KeyboardInterrupt) as e:
+            interrupted = interruptions.cause_of(e)
+            if interrupted is not None:
+                terminated = interrupted == signal.SIGTERM
+                print(f"error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+                return 143 if terminated else 130
+            if isinstance(e, UserError):
+                print(f"error: {e.one_line()}", file=sys.stderr)
+                return 2
+            # a bug: the traceback for the report, then one line for the runner to show
+            import traceback
 
-        traceback.print_exc()
-        print(f"error: export stage crashed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
-        return 1
+            traceback.print_exception(e)
+            print(f"error: export stage crashed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  file=sys.stderr)
+            return 1
     return 0
 
