@@ -361,3 +361,18 @@ def test_histogram_calibration_of_a_constant_tensor_is_one_clear_error(tmp_path)
         builder.export("ppyoloe_s", tmp_path / "q.onnx", input_image_shape=(96, 96), precision="int8",
                        calibration_method="percentile", calibration_count=2)
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_runs_without_preprocessing_with_and_without_postprocessing(precision, tmp_path):
+    """Calibration and the accuracy report feed each graph what it takes: uint8 images, or the normalised
+    float tensor of a graph exported without preprocessing (which used to crash ONNX Runtime). The other
+    precision x preprocessing x postprocessing combinations are exported by the tests above and in test_export."""
+    for post in (True, False):
+        result = builder.export("ppyoloe_s", tmp_path / f"{post}.onnx", input_image_shape=(64, 64),
+                                preprocessing=False, postprocessing=post, precision=precision,
+                                **({"calibration_count": 4} if precision == "int8" else {}))
+        assert result.input_dtype == "float32" and result.accuracy_report["held_out"]["images"]
+        images = np.zeros((1, 3, 64, 64), np.float32)
+        outputs = ort.InferenceSession(str(result.output), providers=["CPUExecutionProvider"]).run(None, {"images": images})
+        assert len(outputs) == (4 if post else 2) and all(o.shape[0] == 1 for o in outputs)

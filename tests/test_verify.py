@@ -146,3 +146,78 @@ def test_an_engine_bundle_without_tensorrt_here_is_one_clear_error(tmp_path):
     assert model_file(tmp_path, manifest) == tmp_path / "model_repository/det/1/model.plan"
     with pytest.raises(UserError, match="is a TensorRT engine and TensorRT is not installed here"):
         open_model(tmp_path, manifest)
+
+
+def _tied_candidates(order):
+    """Two overlapping same-class boxes with exactly equal scores (as uniform padding gives), one far away."""
+    boxes = np.array([[0, 0, 100, 100], [8, 0, 108, 100], [300, 300, 360, 380]], dtype=np.float32)[list(order)]
+    scores = np.zeros((3, 2), dtype=np.float32)
+    scores[:, 0] = np.array([0.8, 0.8, 0.6], dtype=np.float32)[list(order)]
+    return boxes, scores
+
+
+def _onnx_nms_keeps(boxes, scores):
+    """What the bundle's own NMS flavour keeps of these candidates, run on ONNX Runtime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from builder.exporting.nms import NMSSettings, flavour
+
+    k, c = scores.shape
+    graph = helper.make_graph([], "candidates", [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, k, 4]),
+                                                 helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, k, c])], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    flavour("onnx").append(model, "b", "s", 1, k, c, NMSSettings(0.5, 0.7, 10, "batch"))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    num, out_boxes, out_scores, out_classes = session.run(None, {"b": boxes[None], "s": scores[None]})
+    return [(float(out_scores[0, i]), int(out_classes[0, i]), out_boxes[0, i]) for i in range(int(num[0, 0]))]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2)])
+def test_tied_scores_pass_whichever_tied_box_the_bundle_keeps(order):
+    """The greedy reference keeps the first of two tied boxes; ONNX NonMaxSuppression may keep the other.
+    Given the bundle's choice the reference breaks the tie the same way, so a correct bundle passes."""
+    from builder.verification.reference import _matches
+
+    boxes, scores = _tied_candidates(order)
+    kept_by_bundle = _onnx_nms_keeps(boxes, scores)
+    assert len(kept_by_bundle) == 2
+    pairs_classes = np.zeros(3, dtype=np.int64)
+    pair_scores = scores[:, 0].astype(np.float64)
+    preferred = _matches(boxes.astype(np.float64), pairs_classes, kept_by_bundle)
+    kept = nms_per_class(boxes.astype(np.float64), pair_scores, pairs_classes, 0.7, preferred)
+    assert sorted(boxes[kept].tolist()) == sorted(np.asarray(b).tolist() for _, _, b in kept_by_bundle)
+    # the tie may go either way: preferring the other tied box keeps that one instead
+    for tied in (0, 1):
+        other = [(0.8, 0, boxes[tied]), (0.6, 0, boxes[2])]
+        kept = nms_per_class(boxes.astype(np.float64), pair_scores, pairs_classes, 0.7,
+                             _matches(boxes.astype(np.float64), pairs_classes, other))
+        assert kept.tolist() == [tied, 2]
+
+
+def test_a_choice_that_is_not_a_tie_still_has_to_agree():
+    """Scores 0.8 and 0.7: NMS must keep the 0.8 box; a bundle that kept the 0.7 one is not preferred into passing."""
+    from builder.verification.reference import _matches
+
+    boxes = np.array([[0, 0, 100, 100], [8, 0, 108, 100]], dtype=np.float64)
+    scores, classes = np.array([0.8, 0.7]), np.zeros(2, dtype=np.int64)
+    wrong = [(0.7, 0, boxes[1])]
+    assert nms_per_class(boxes, scores, classes, 0.7, _matches(boxes, classes, wrong)).tolist() == [0]
+    assert nms_per_class(boxes, scores + np.array([0.0, 0.1 - 2e-6]), classes, 0.7,
+                         _matches(boxes, classes, wrong)).tolist() == [1]  # 0.8 vs 0.799998: a tie
+
+
+def test_a_hand_edited_precision_cannot_loosen_the_gate(bundle, tmp_path):
+    """manifest.json is not covered by its own file list: the gate follows the precision inside the ONNX file."""
+    from builder.core.manifest import write_manifest
+
+    edited = tmp_path / "edited"
+    shutil.copytree(bundle, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["precision"] = "int8"  # int8's gate tolerates what fp32's does not
+    del manifest["files"], manifest["manifest_format"]
+    write_manifest(edited, manifest)
+    done = _cli("verify", str(edited))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "precision mismatch: the model was exported as fp32" in line

@@ -36,12 +36,14 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
     else:
         calibration = calibration_images(size, prep, spec.calibration_count, spec.calibration_images, loader)
         keep = set(class_prediction_convs(graph, region, settings["num_classes"])) if KEEP_CLASS_CONVS_FLOAT else set()
-        quantized = quantize_int8(graph, region, calibration.batches, spec.calibration_method, keep)
+        quantized = quantize_int8(graph, region, model_inputs(graph, calibration.batches, prep),
+                                  spec.calibration_method, keep)
         if spec.serving.int8_activation_zero_point == 128:
             encode_activations_uint8(quantized)
     builtin = calibration is not None and spec.calibration_images is None and loader is None
     held_out = held_out_images(size, prep, calibrated_on_builtin=builtin, folder=spec.report_images,
                                calibration_folder=spec.calibration_images)
+    held_out.batches = model_inputs(graph, held_out.batches, prep)
     report = accuracy_report(graph, quantized, held_out, spec, settings)
     found = report["detections"]["reference_detections"]
     if found < FEW_DETECTIONS:
@@ -57,6 +59,16 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
     else:
         report["prediction_convs"] = {"class": spec.precision, "box": spec.precision}
     return quantized, report
+
+
+def model_inputs(graph: onnx.ModelProto, batches: list[np.ndarray], prep: Preprocessing) -> list[np.ndarray]:
+    """The uint8 RGB images as the graph takes them: as they are, or normalised float32 for a graph exported
+    without preprocessing (whose input is the network's own)."""
+    from builder.core.images import to_network_input
+
+    if graph.graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return batches
+    return [to_network_input(batch, prep) for batch in batches]
 
 
 def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held_out, spec: ExportSpec,

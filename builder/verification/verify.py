@@ -121,7 +121,7 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
     model = load_model(spec.export).eval()
     photos = _images(images, count)
     settings = manifest.postprocessing.model_dump()
-    precision = manifest.precision
+    precision = _exported_precision(folder, spec, manifest)
     gate = GATES[precision]
     height, width = manifest.signature.inputs[0].shape[2:]
     prep = model.family.preprocessing
@@ -141,11 +141,15 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
         image = _read(path)
         fitted, placement = fit_to_input(image, (height, width), prep)
         batch = fitted.transpose(2, 0, 1)[None].copy()
-        reference = _to_original(reference_detections(model, batch, settings), placement, image.shape)
         if candidates is None:
-            found = _to_original(_run_model(run, batch, fixed, manifest), placement, image.shape)
+            found_input = _run_model(run, batch, fixed, manifest)
+            found = _to_original(found_input, placement, image.shape)
         else:
             found = candidates[index]
+            found_input = [(s, c, placement.to_input(np.asarray(b)[None])[0]) for s, c, b in found]
+        # the reference breaks score ties the way the bundle did (builder.verification.reference)
+        reference = _to_original(reference_detections(model, batch, settings, prefer=found_input), placement,
+                                 image.shape)
         limit = None if gate["box_px"] is None else gate["box_px"] / min(placement.scale_x, placement.scale_y)
         results.append(ImageResult(name, str(path), reference, found, match_pairs(reference, found), limit))
     result = VerifyResult(folder.resolve(), precision, runtime, results, gate, class_names=manifest.class_names)
@@ -162,6 +166,29 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
     if totals["reference"] == 0:
         result.failures.append("the reference finds nothing on these images: nothing was verified")
     return result
+
+
+def _exported_precision(folder: pathlib.Path, spec, manifest) -> str:
+    """The precision the gate is chosen by: the one the export wrote into the ONNX file's own metadata.
+
+    manifest.json is not covered by its own file list, so a hand edit of its `precision` (fp32 -> int8)
+    would loosen the gate; the ONNX file is covered (its sha256 is checked first), and build.yaml too.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    onnx_path = folder / spec.target_class(spec).model_file
+    try:
+        recorded = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    except (OSError, ValueError, DecodeError) as e:
+        raise UserError(f"cannot read the bundle's model '{onnx_path}': {e}") from None
+    precision = recorded.get("precision")
+    if precision not in GATES:
+        raise UserError(f"the bundle's model '{onnx_path.name}' records no precision builder knows ({precision!r})")
+    if manifest.precision != precision or spec.export.precision != precision:
+        raise UserError(f"precision mismatch: the model was exported as {precision}, but manifest.json says "
+                        f"{manifest.precision} and build.yaml {spec.export.precision}: the bundle was edited")
+    return precision
 
 
 def _check_weights(manifest, weights: Optional[str], variant: str) -> None:
