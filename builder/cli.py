@@ -239,9 +239,10 @@ def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
         elif kind in ("folder", "file", "sizes"):
             metavar = {"folder": "DIR", "file": "FILE", "sizes": "N,N,..."}[kind]
             option = click.option(flag, name, metavar=metavar, default=None, help=help_text)
+        elif required and field.is_required():  # no default at all: click 8.3+ counts default=None as one
+            option = click.option(flag, name, type=kind, required=True, help=help_text)
         else:
-            option = click.option(flag, name, type=kind, required=required and field.is_required(), default=None,
-                                  help=help_text)
+            option = click.option(flag, name, type=kind, default=None, help=help_text)
         command = option(command)
     return command
 

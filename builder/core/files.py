@@ -227,8 +227,19 @@ def check_folder_destination(destination: pathlib.Path, force: bool) -> pathlib.
         raise UserError(f"'{destination}' already exists", hint="pass --force to replace it")
     if destination.exists() and not destination.is_dir():
         raise UserError(f"'{destination}' exists and is not a folder")
-    missing_parents(destination)
+    check_writable(destination)
     return destination
+
+
+def check_writable(destination: pathlib.Path) -> None:
+    """Refuse, before any slow work, a destination whose folder cannot be written (read-only filesystem, no
+    permission, a virtual filesystem such as /proc): an empty folder is made and removed where it will go."""
+    missing = missing_parents(destination)
+    folder = missing[0].parent if missing else pathlib.Path(destination).absolute().parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".builder-probe.", dir=folder))
+    except OSError as e:
+        raise CannotWrite(destination, e.errno or errno.EACCES) from None
 
 
 def check_model_destination(destination: pathlib.Path) -> pathlib.Path:
@@ -238,7 +249,7 @@ def check_model_destination(destination: pathlib.Path) -> pathlib.Path:
         raise UserError(f"output '{destination}' must end in .onnx")
     if destination.is_dir():
         raise UserError(f"output '{destination}' is a directory; give a file name such as model.onnx")
-    missing_parents(destination)  # missing folders are made when the file is written; a file in the way is not
+    check_writable(destination)  # missing folders are made when the file is written; a file in the way is not
     return destination
 
 

@@ -209,6 +209,8 @@ def validation_message(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown option '{where}'"
+    if first["type"] == "missing":
+        return f"missing option '{where}'"
     return f"invalid {where}: {message}" if where else f"invalid options: {message}"
 
 

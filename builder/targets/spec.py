@@ -174,6 +174,8 @@ class _BundleSpecBase(BaseModel):
     @classmethod
     def create(cls, values: dict[str, Any]) -> "BundleSpec":
         """Validate user input; a bad value becomes one line naming the option."""
+        if isinstance(values, dict) and "export" not in values:  # name the missing option, not its section
+            values = {**values, "export": {}}
         try:
             return cls(**values)
         except ValidationError as e:
