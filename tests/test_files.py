@@ -97,3 +97,32 @@ def test_atomic_file_makes_parents_and_leaves_nothing_on_failure(tmp_path):
     with atomic_file(tmp_path / "x" / "y" / "m.onnx") as f:
         f.write(b"whole")
     assert (tmp_path / "x" / "y" / "m.onnx").read_bytes() == b"whole"
+
+
+def _bundle_processes(destination, *extra):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "builder", "bundle", "--target", "standalone", "--model", "ppyoloe_s",
+               "--input-shape", "64x64", "--runner", "local", "--output", str(destination), *extra]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    return [(p.wait(timeout=600), p.stderr.read()) for p in processes]
+
+
+def test_two_builder_processes_to_one_destination_never_lose_a_bundle(tmp_path):
+    """Without --force exactly one of two concurrent builds lands and the other says the destination exists;
+    with --force both succeed and one complete bundle is left, never a mix and never a leftover."""
+    import json
+
+    from builder.core.manifest import check_files
+
+    plain = tmp_path / "plain" / "det"
+    results = sorted(_bundle_processes(plain))
+    assert [code for code, _ in results] == [0, 2], results
+    assert results[1][1].strip().splitlines()[-1] == f"error: '{plain}' already exists (pass --force to replace it)"
+    check_files(plain)  # every file the manifest lists, with its sha256, and nothing else
+    forced = tmp_path / "forced" / "det"
+    assert [code for code, _ in _bundle_processes(forced, "--force")] == [0, 0]
+    check_files(forced)
+    assert json.loads((forced / "manifest.json").read_text())["target"] == "standalone"
+    assert [p.name for p in plain.parent.iterdir()] == ["det"] and [p.name for p in forced.parent.iterdir()] == ["det"]
