@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -13,28 +12,14 @@ import pytest
 import builder
 from builder.core.errors import UserError
 from bundle_helpers import lively_weights
+from docker_engine import IMAGE, engine_with_image
 
 pytestmark = pytest.mark.docker
-IMAGE = os.environ.get("BUILDER_TEST_IMAGE", f"model-bundle-builder-cpu:{builder.__version__}")
-
-
-def _skip_or_fail(message: str):
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def client():
-    from builder.runners.docker_runner import engine, image_info
-
-    try:
-        docker_client = engine()
-    except UserError as e:
-        _skip_or_fail(f"no Docker engine: {e.one_line()}")
-    if not image_info(docker_client, IMAGE):
-        _skip_or_fail(f"no image {IMAGE}: run containers/cpu/build.sh {IMAGE}")
-    return docker_client
+    return engine_with_image()
 
 
 def _containers(client) -> set[str]:

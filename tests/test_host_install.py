@@ -21,17 +21,11 @@ import pytest
 
 import builder
 from builder.cli import cli
+from docker_engine import IMAGE, engine_with_image
 from source_tree import copy_source_tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPORT_TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime")
-IMAGE = os.environ.get("BUILDER_TEST_IMAGE", f"model-bundle-builder-cpu:{builder.__version__}")
-
-
-def _skip_or_fail(message: str):
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _pyproject() -> dict:
@@ -336,15 +330,7 @@ def test_the_host_pushes_and_pulls_a_bundle(host, tiny_bundle, tmp_path):
 @pytest.mark.slow
 @pytest.mark.docker
 def test_the_host_bundles_with_the_docker_runner(host, tmp_path):
-    from builder.core.errors import UserError
-    from builder.runners.docker_runner import engine, image_info
-
-    try:
-        client = engine()
-    except UserError as e:
-        _skip_or_fail(f"no Docker engine: {e.one_line()}")
-    if not image_info(client, IMAGE):
-        _skip_or_fail(f"no image {IMAGE}: run containers/cpu/build.sh {IMAGE}")
+    engine_with_image(IMAGE)
     output = tmp_path / "det"
     done = host.run("builder", "bundle", "--runner", "docker", "--image", IMAGE, "--target", "standalone", "--model",
                     "yolo_nas_s", "--input-shape", "64", "--output", str(output), cwd=tmp_path, timeout=900)

@@ -253,16 +253,9 @@ def test_sigterm_stops_the_export_stage_without_leftovers(tmp_path):
 
 @pytest.mark.docker
 def test_sigterm_twice_stops_and_removes_the_stage_container(tmp_path):
-    import builder
-    from builder.runners.docker_runner import engine, image_info
+    from docker_engine import IMAGE as image, engine_with_image
 
-    image = os.environ.get("BUILDER_TEST_IMAGE", f"model-bundle-builder-cpu:{builder.__version__}")
-    try:
-        client = engine()
-    except UserError as e:
-        pytest.skip(f"no Docker engine: {e.one_line()}")
-    if not image_info(client, image):
-        pytest.skip(f"no image {image}: run containers/cpu/build.sh {image}")
+    client = engine_with_image(image)
     process = _builder("-q", *BUNDLE[:-2], "--runner", "docker", "--image", image, "--output", str(tmp_path / "out"))
 
     def containers():  # this build's (other tests may run containers meanwhile)
