@@ -484,7 +484,7 @@ def entry_point() -> None:
     # so with torch loaded) would only turn it into a traceback from an atexit callback or a death by signal
     import signal
 
+    # whatever handler is in place by now (a library may have installed its own, which kills the process)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
-            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, signal.SIG_IGN)
     sys.exit(code)
