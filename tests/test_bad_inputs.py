@@ -203,6 +203,7 @@ CASES = [
      "fp16 or int8"),
     ("export-opset-low", ["export", *SMALL, "--opset", "5", "--output", "{out}/m.onnx"], 2, "onnx_opset"),
     ("export-opset-high", ["export", *SMALL, "--opset", "99", "--output", "{out}/m.onnx"], 2, "onnx_opset"),
+    ("export-opset-17", ["export", *SMALL, "--opset", "17", "--output", "{out}/m.onnx"], 2, "greater than or equal to 18"),
     ("export-calibration-count", ["export", *SMALL, "--precision", "int8", "--calibration-count", "0",
                                   "--output", "{out}/m.onnx"], 2, "calibration_count"),
     ("export-calibration-method", ["export", *SMALL, "--precision", "int8", "--calibration-method", "magic",

@@ -103,4 +103,7 @@ def finalize(graph: onnx.ModelProto, spec: ExportSpec, model, settings: dict) ->
                 "preprocessing": json.dumps(model.family.preprocessing.__dict__),
                 "class_names": json.dumps(model.class_names)}
     onnx.helper.set_model_props(graph, metadata)
+    written = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    if written != spec.onnx_opset:  # the exporter must not silently write another opset than the one asked for
+        raise RuntimeError(f"the exporter wrote opset {written}, not the requested {spec.onnx_opset}")
     return check(graph)

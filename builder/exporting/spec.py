@@ -50,7 +50,7 @@ class ExportSpec(BaseModel):
     output_predictions_format: Literal["batch", "flat"] = Field("batch", description="batch: num/boxes/scores/classes tensors; flat: [N, 7] rows.")
     nms: str = Field("onnx", description="NMS in the graph: onnx (ONNX NonMaxSuppression) or tensorrt (TensorRT's EfficientNMS plugin).")
     runtime: str = Field("onnxruntime", description="What serves the model: onnxruntime (the ONNX file) or tensorrt (an engine built from it).")
-    onnx_opset: int = Field(DEFAULT_OPSET, ge=17, le=21, strict=True, description="ONNX opset of the export.")
+    onnx_opset: int = Field(DEFAULT_OPSET, ge=18, le=21, strict=True, description="ONNX opset of the export, 18 to 21 (torch's dynamo exporter writes 18 or later; ONNX Runtime 1.16+ and TensorRT 10 read them).")
     onnx_simplify: bool = Field(True, strict=True, description="Simplify the graph (constant folding, shape cleanup).")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the network (decode and NMS stay float32).")
     calibration_images: Optional[str] = Field(None, description="Folder of images for INT8 calibration. Default: builder's built-in photos (with a warning).")

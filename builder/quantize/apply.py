@@ -36,7 +36,7 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
     else:
         calibration = calibration_images(size, prep, spec.calibration_count, spec.calibration_images, loader)
         keep = set(class_prediction_convs(graph, region, settings["num_classes"])) if KEEP_CLASS_CONVS_FLOAT else set()
-        quantized = quantize_int8(graph, region, model_inputs(graph, calibration.batches, prep),
+        quantized = quantize_int8(graph, region, model_inputs(graph, calibration.batches, prep, tile=True),
                                   spec.calibration_method, keep)
         if spec.serving.int8_activation_zero_point == 128:
             encode_activations_uint8(quantized)
@@ -61,14 +61,19 @@ def quantize_graph(graph: onnx.ModelProto, spec: ExportSpec, prep: Preprocessing
     return quantized, report
 
 
-def model_inputs(graph: onnx.ModelProto, batches: list[np.ndarray], prep: Preprocessing) -> list[np.ndarray]:
+def model_inputs(graph: onnx.ModelProto, batches: list[np.ndarray], prep: Preprocessing,
+                 tile: bool = False) -> list[np.ndarray]:
     """The uint8 RGB images as the graph takes them: as they are, or normalised float32 for a graph exported
-    without preprocessing (whose input is the network's own)."""
+    without preprocessing (whose input is the network's own). `tile`: each image repeated to the graph's fixed
+    batch size (calibration runs the graph itself; the report's runner tiles on its own)."""
     from builder.core.images import to_network_input
 
-    if graph.graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        return batches
-    return [to_network_input(batch, prep) for batch in batches]
+    if graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+        batches = [to_network_input(batch, prep) for batch in batches]
+    fixed = graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0 for a symbolic batch
+    if tile and fixed > 1:
+        batches = [np.repeat(batch, fixed, axis=0) for batch in batches]
+    return batches
 
 
 def accuracy_report(reference: onnx.ModelProto, quantized: onnx.ModelProto, held_out, spec: ExportSpec,
