@@ -1,14 +1,64 @@
 """What an export made, and how to run it: printed like SuperGradients' export result, but for this model."""
 from __future__ import annotations
 
+import os
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+class ModelPath(str):
+    """The exported file's absolute path: a str, as SuperGradients' `result.output` is, that also answers
+    pathlib's questions (`.with_suffix()`, `.parent`, `.exists()`, `/`, `== Path(...)`), which builder's code
+    and its users ask of this field, a pathlib.Path before.
+
+    Where str and pathlib.Path both have a method, str's wins (`.replace` is str.replace, as SG code expects).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: str | os.PathLike) -> "ModelPath":
+        return super().__new__(cls, os.fspath(value))
+
+    @property
+    def path(self) -> pathlib.Path:
+        return pathlib.Path(str.__str__(self))
+
+    def __fspath__(self) -> str:
+        return str.__str__(self)
+
+    def __getattr__(self, name: str) -> Any:  # only for names str lacks
+        if name.startswith("__"):  # copy, pickle and friends probe optional hooks: a Path's are not ours
+            raise AttributeError(name)
+        return getattr(self.path, name)
+
+    def __truediv__(self, other: str | os.PathLike) -> pathlib.Path:
+        return self.path / other
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, pathlib.PurePath):
+            return self.path == other
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    # hashed as the str it is: an equal pathlib.Path hashes otherwise, so a set or dict key takes one kind
+    __hash__ = str.__hash__
+
+
 @dataclass(frozen=True)
 class ExportResult:
-    output: pathlib.Path
+    """builder's record of an export, with SuperGradients' `ObjectDetectionModelExportResult` fields as well.
+
+    SG aliases (read-only, derived from builder's fields): `input_image_shape` (H, W), `input_image_channels`,
+    `input_image_dtype` (a torch dtype), `quantization_mode` (None, "fp16", "int8": plain strings, equal to
+    SG's `ExportQuantizationMode` members), `usage_instructions`. `engine`, `output_predictions_format` and
+    `batch_size` are builder's own fields under SG's names; `output` is a `ModelPath` (a str, as in SG, and a
+    path, as in builder).
+    """
+
+    output: ModelPath
     model: str
     engine: str  # SuperGradients' name for the runtime
     output_predictions_format: Optional[str]  # None without (builder's) postprocessing
@@ -34,6 +84,11 @@ class ExportResult:
     nms: str = "onnx"  # the NMS flavour in the graph
     runtime: str = "onnxruntime"  # what serves the model
 
+    def __post_init__(self) -> None:
+        # stage.json and the runners hand in a pathlib.Path or a str
+        if not isinstance(self.output, ModelPath):
+            object.__setattr__(self, "output", ModelPath(self.output))
+
     @property
     def output_names(self) -> list[str]:
         return [o["name"] for o in self.outputs]
@@ -41,6 +96,39 @@ class ExportResult:
     @property
     def dynamic_batch(self) -> bool:
         return self.batch_size is None
+
+    # SuperGradients' names (ObjectDetectionModelExportResult); builder's fields above are the source
+
+    @property
+    def input_image_shape(self) -> tuple[int, int]:
+        """SG alias: the input's (height, width); builder's `input_shape` is [B, C, H, W]."""
+        return int(self.input_shape[2]), int(self.input_shape[3])
+
+    @property
+    def input_image_channels(self) -> int:
+        """SG alias: channels of the input (3, RGB)."""
+        return int(self.input_shape[1])
+
+    @property
+    def input_image_dtype(self):
+        """SG alias: the input's torch dtype (torch.uint8 with preprocessing, else torch.float32); builder's
+        `input_dtype` is its name. Needs torch, so it is looked up only when read (the host has none)."""
+        from builder.core.extras import require
+
+        require("export", "torch")
+        import torch
+
+        return getattr(torch, self.input_dtype)
+
+    @property
+    def quantization_mode(self) -> Optional[str]:
+        """SG alias: None for FP32, else "fp16" or "int8" (plain strings; equal to SG's enum members)."""
+        return None if self.precision == "fp32" else self.precision
+
+    @property
+    def usage_instructions(self) -> str:
+        """SG alias of `usage`: where the model is, its signature and how to run it."""
+        return self.usage
 
     @property
     def usage(self) -> str:
