@@ -7,11 +7,12 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable
 
 import numpy as np
 
 from builder.core.errors import UserError
+from builder.core.preprocessing import Preprocessing  # noqa: F401  (images are fitted by it; callers import it here too)
 
 #: builder's own photos (builder/data/photos): calibration default, smoke run, verify and bench defaults
 PHOTOS = pathlib.Path(__file__).resolve().parents[1] / "data" / "photos"
@@ -22,34 +23,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: the most pixels builder decodes (64 Mi: 192 MiB as RGB). A file declaring more is refused before it is
 #: decoded: a few KB of PNG can declare 20000x20000 and expand to gigabytes (a decompression bomb).
 MAX_IMAGE_PIXELS = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How the family's training pipeline turned an RGB uint8 image into the network input.
-
-    `channel_order` is the order the network consumes; `mean` and `std` are in 0..255 pixel units and
-    indexed in that order. `resize` is "letterbox" (keep aspect, scale the longest side to fit the input
-    less `letterbox_margin` pixels, then pad centred with `pad_value`) or "stretch" (resize to the input).
-    """
-
-    channel_order: Literal["RGB", "BGR"]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: Literal["letterbox", "stretch"]
-    pad_value: int = 114
-    letterbox_margin: int = 0
-
-    def describe(self) -> list[str]:
-        steps = ["cast uint8 -> float32"]
-        if any(self.mean):
-            steps.append(f"subtract mean {list(self.mean)} ({self.channel_order})")
-        if all(m == 0 for m in self.mean) and len(set(self.std)) == 1:
-            scale = f"scale by 1/{self.std[0]:g}"
-        else:
-            scale = f"divide by std {list(self.std)} ({self.channel_order})"
-        steps.append(("RGB -> BGR, " if self.channel_order == "BGR" else "") + scale)
-        return steps
 
 
 class ImageTooLarge(UserError, ValueError):

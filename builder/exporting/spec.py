@@ -33,7 +33,7 @@ DEFAULT_MAX_PREDICTIONS = 1000
 class ExportSpec(BaseModel):
     """What `builder export` (and `builder.export()`) builds. Field descriptions are the CLI help."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
     model: str = Field(description="Variant, e.g. yolo_nas_s (see 'builder models').")
     weights: Optional[str] = Field(None, description="Checkpoint file, http(s) URL, or 'coco'. Default: random weights (pipeline testing only).")

@@ -9,7 +9,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Sequence
 
-from builder.core.images import Preprocessing
+from builder.core.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

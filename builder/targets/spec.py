@@ -33,7 +33,7 @@ IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[0-9]{1,5}/[a-z0-9._/-]+)?(:
 class TritonOptions(BaseModel):
     """How Triton serves the model (config.pbtxt). Field descriptions are the CLI help."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
     max_batch_size: Optional[int] = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"Largest batch Triton's dynamic batcher forms (1-{MAX_BATCH_SIZE}; batch format with --dynamic-batch only). Default: {DEFAULT_MAX_BATCH_SIZE}.")
     preferred_batch_sizes: Optional[tuple[StrictInt, ...]] = Field(None, description=f"Batch sizes the dynamic batcher prefers (each 1-{MAX_BATCH_SIZE}), e.g. 4,8. Default: none (as large as the queue allows).")
@@ -63,7 +63,7 @@ class TritonOptions(BaseModel):
 class TensorRTOptions(BaseModel):
     """How the engine is built (--runtime/--engine tensorrt, Triton target). Field descriptions are the CLI help."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
     workspace_gb: float = Field(4.0, gt=0, le=1024, description="TensorRT builder workspace limit (GiB, at most 1024).")
     opt_batch: Optional[int] = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"Batch size the engine is tuned for (dynamic batch; 1-{MAX_BATCH_SIZE}). Default: the largest preferred batch size, else max_batch_size.")
@@ -79,7 +79,7 @@ class TensorRTOptions(BaseModel):
 class _BundleSpecBase(BaseModel):
     """Everything `builder bundle` needs; `build.yaml` is this, resolved. Targets add their own sections."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
     target: str = Field(description="What to build: triton (a Triton model repository and client), standalone (an ONNX Runtime package), or another registered target.")
     name: Optional[str] = Field(None, description="Model name (Triton's, and the folder's). Default: the model variant.")

@@ -1,5 +1,5 @@
 """PP-YOLOE S/M/L/X: the family's declaration (the network is in network.py, loaded when a model is built)."""
-from builder.core.images import Preprocessing
+from builder.core.preprocessing import Preprocessing
 from builder.models.family import Family
 
 FAMILY = Family(

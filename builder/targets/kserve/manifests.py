@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib
-import inspect
 import json
 import pathlib
 import re
@@ -42,7 +41,7 @@ COMMAND = ["tritonserver", "--model-repository=/models", "--model-control-mode=n
 class KServeOptions(BaseModel):
     """What the kserve target needs beyond the Triton bundle: where the model goes and what its pods get."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
     storage_uri: Optional[str] = Field(None, max_length=1024, description=(
         "Where you will upload the model repository for KServe to download it (s3://, gs://, pvc://, https://, "
@@ -204,6 +203,8 @@ def _deserialize(class_name: str, document: dict):
     """Build the client's model object, so the client's own validation runs too."""
     client = _require("kubernetes.client").ApiClient()
     text = json.dumps(document)
+    import inspect
+
     if "response_text" in inspect.signature(client.deserialize).parameters:  # newer, pydantic-based clients
         return client.deserialize(text, class_name, "application/json")
     return client.deserialize(type("Response", (), {"data": text})(), class_name)
