@@ -87,8 +87,9 @@ class _BundleSpecBase(BaseModel):
     labels: Optional[str] = Field(None, description="Text file of class names, one per line. Default: the checkpoint's, else COCO's for 80 classes.")
     templates: Optional[str] = Field(None, description="Folder of templates that override the shipped ones by relative path.")
     export: ExportSpec
-    triton: TritonOptions = TritonOptions()
-    tensorrt: TensorRTOptions = TensorRTOptions()
+    # factories, not instances: an instance validates, and so builds the model, when this module is imported
+    triton: TritonOptions = Field(default_factory=TritonOptions)
+    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
 
     @field_validator("target")
     @classmethod
@@ -203,7 +204,8 @@ def _bundle_spec() -> type:
     """BundleSpec: the common fields plus one section per target that has options (e.g. `kserve:`)."""
     from pydantic import create_model
 
-    sections = {target.options[0]: (target.options[1], target.options[1]()) for target in target_sections().values()}
+    sections = {target.options[0]: (target.options[1], Field(default_factory=target.options[1]))
+                for target in target_sections().values()}
     return create_model("BundleSpec", __base__=_BundleSpecBase, __module__=__name__, **sections)
 
 
