@@ -21,24 +21,22 @@ def export(model_or_name: Any, output: str | pathlib.Path, *, runner: str = "loc
     destination = pathlib.Path(output)
     if not force and (destination.exists() or destination.is_symlink()):
         raise UserError(f"'{output}' already exists", hint="pass --force to replace it")
-    if runner == "local":
-        from builder.stage.export import export as export_here
+    if runner != "local":
+        if not isinstance(model_or_name, str):
+            raise UserError("only a model name can be exported in a container: use runner='local' for a model "
+                            "object")
+        from builder.core.files import check_model_destination
+        from builder.exporting.spec import ExportSpec, check_inputs
 
-        return export_here(model_or_name, output, **options)
-    if not isinstance(model_or_name, str):
-        raise UserError("only a model name can be exported in a container: use runner='local' for a model object")
-    from builder.core.files import check_model_destination
-    from builder.exporting.spec import ExportSpec, check_inputs
+        # bad options, inputs and destinations fail before a runner is chosen
+        check_inputs(ExportSpec.create(model=model_or_name, **options))
+        check_model_destination(destination)
+        chosen = select_runner(runner, image, gpus, pull)
+        if chosen.name != "local":
+            return export_with_runner(chosen, output, model=model_or_name, **options)
+    from builder.stage.export import export as export_here
 
-    # bad options, inputs and destinations fail before a runner is chosen
-    check_inputs(ExportSpec.create(model=model_or_name, **options))
-    check_model_destination(destination)
-    chosen = select_runner(runner, image, gpus, pull)
-    if chosen.name == "local":
-        from builder.stage.export import export as export_here
-
-        return export_here(model_or_name, output, **options)
-    return export_with_runner(chosen, output, model=model_or_name, **options)
+    return export_here(model_or_name, output, **options)
 
 
 def bundle(output: str | pathlib.Path | None = None, **options: Any):

@@ -247,12 +247,16 @@ def spec_options(command, flags=EXPORT_FLAGS, model=None, required=True):
     return command
 
 
-def spec_values(given: dict) -> dict:
-    """The options the user gave, as ExportSpec values."""
+def bundle_flags() -> tuple:
+    """Every flag of `builder bundle`: the export's, the bundle's, Triton's, TensorRT's and each target's own."""
+    flags = EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS + TENSORRT_FLAGS
+    return flags + tuple(flag for _section, _model, target in target_flags() for flag in target)
+
+
+def spec_values(given: dict, flags: tuple = EXPORT_FLAGS) -> dict:
+    """The options the user gave (of the command whose flag table is `flags`), as spec values."""
     from builder.exporting.spec import parse_shape, parse_sizes
 
-    flags = EXPORT_FLAGS + BUNDLE_FLAGS + TRITON_FLAGS + TENSORRT_FLAGS
-    flags += tuple(flag for _section, _model, target in target_flags() for flag in target)
     kinds = {name: kind for _, name, kind in flags}
     values = {}
     for name, value in given.items():
@@ -337,7 +341,7 @@ def _bundle(output: str | None, spec_file: str | None, archive: bool, force: boo
     """Export a model and render a Triton model repository or a standalone package around it."""
     from builder.api import bundle
 
-    values = spec_values(given)
+    values = spec_values(given, bundle_flags())
     if spec_file is None and "target" not in values:
         raise UserError("missing --target (triton or standalone), or a --spec build.yaml that names it")
     if spec_file is None and "model" not in values:
