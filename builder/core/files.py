@@ -4,12 +4,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import pathlib
 import re
 import shutil
 import tempfile
 import time
+from typing import Optional
 
 from builder.core.errors import UserError
 
@@ -253,6 +255,7 @@ def check_model_destination(destination: pathlib.Path) -> pathlib.Path:
     return destination
 
 
+@functools.cache
 def _renameat2():
     import ctypes  # here: the CLI imports this module at start, and ctypes is most of its cost
 
@@ -269,6 +272,20 @@ _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
 
+def _rename_at(source: pathlib.Path, destination: pathlib.Path, flags: int) -> Optional[int]:
+    """renameat2(source, destination, flags): 0 when done, the errno when it failed, None where the C library
+    or the filesystem lacks the call (the caller falls back)."""
+    import ctypes
+
+    function = _renameat2()
+    if function is None:
+        return None
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), flags) == 0:
+        return 0
+    code = ctypes.get_errno()
+    return None if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP) else code
+
+
 def rename_no_replace(source: pathlib.Path, destination: pathlib.Path) -> None:
     """Move `source` to `destination` in one step, or raise FileExistsError if anything is there.
 
@@ -277,17 +294,13 @@ def rename_no_replace(source: pathlib.Path, destination: pathlib.Path) -> None:
     the filesystem lacks it, an exclusive mkdir claims the name first and the rename replaces only that
     empty folder of ours (a rename onto a non-empty folder fails, so content put there is never lost).
     """
-    import ctypes
-
-    function = _renameat2()
-    if function is not None:
-        if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
-            return
-        code = ctypes.get_errno()
-        if code == errno.EEXIST:
-            raise FileExistsError(code, os.strerror(code), str(destination))
-        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(code, os.strerror(code), str(destination))
+    code = _rename_at(source, destination, _RENAME_NOREPLACE)
+    if code == 0:
+        return
+    if code == errno.EEXIST:
+        raise FileExistsError(code, os.strerror(code), str(destination))
+    if code is not None:
+        raise OSError(code, os.strerror(code), str(destination))
     os.mkdir(destination)  # FileExistsError when taken
     try:
         os.replace(source, destination)
@@ -301,19 +314,14 @@ def rename_exchange(source: pathlib.Path, destination: pathlib.Path) -> bool:
     """Swap `source` and `destination` in one step (renameat2 RENAME_EXCHANGE): a reader, or a kill at any
     moment, finds one of the two whole at `destination`. False where the call or the filesystem lacks it;
     FileNotFoundError when `destination` is gone."""
-    import ctypes
-
-    function = _renameat2()
-    if function is None:
+    code = _rename_at(source, destination, _RENAME_EXCHANGE)
+    if code is None:
         return False
-    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
     if code == errno.ENOENT:
         raise FileNotFoundError(code, os.strerror(code), str(destination))
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(source), None, str(destination))
+    if code:
+        raise OSError(code, os.strerror(code), str(source), None, str(destination))
+    return True
 
 
 def _move_into_place(staging: pathlib.Path, destination: pathlib.Path, force: bool) -> None:
