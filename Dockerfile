@@ -19,9 +19,10 @@ WORKDIR /opt/builder-src
 COPY pyproject.toml README.md ./
 COPY builder ./builder
 # Keep the container's own torch (a CUDA build, a pre-release version pip would otherwise replace) and
-# TensorRT: pin them to what is installed, then install builder and the rest of its dependencies.
+# TensorRT: pin them to what is installed, then install builder and the rest of its dependencies. Ray (the
+# cluster extra) lets the image run `builder release` and be the node image of a KubeRay cluster.
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/keep.txt \
- && pip install --no-cache-dir -c /tmp/keep.txt . \
+ && pip install --no-cache-dir -c /tmp/keep.txt ".[cluster]" \
  && python -c "import tensorrt, builder; print('tensorrt', tensorrt.__version__, 'builder', builder.__version__)" \
  && rm -rf /opt/builder-src /tmp/keep.txt \
  && useradd --uid "${UID}" --create-home --shell /usr/sbin/nologin builder

@@ -75,8 +75,40 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False):
     return run_push(bundle, reference, insecure)
 
 
-def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False):
-    """Pull a bundle into `destination`, every file checked (`builder pull`); returns the Transfer."""
+def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False,
+         select: Optional[str | dict[str, str]] = None):
+    """Pull a bundle into `destination`, every file checked (`builder pull`); returns the Transfer.
+
+    From a release's index, `select` ("model=yolo_nas_s,precision=int8,gpu=T4" or a dict) picks the one bundle.
+    """
     from builder.oci.transfer import pull as run_pull
 
-    return run_pull(reference, destination, insecure, force)
+    if isinstance(select, str):
+        from builder.oci.index import parse_selection
+
+        select = parse_selection(select)
+    return run_pull(reference, destination, insecure, force, select)
+
+
+def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Optional[str] = None,
+            max_parallel: Optional[int] = None, report_dir: Optional[str | pathlib.Path] = None):
+    """Build a release matrix on Ray and push it with one index (`builder release`); returns a ReleaseResult.
+
+    `address`: `auto`, `HOST:PORT` or `ray://HOST:PORT`; None starts a local Ray in this process. The result's
+    `ok` is False when a build failed (its error is in the table; no index is pushed).
+    """
+    from builder.release.run import release as run_release
+
+    return run_release(release_file, dry_run, address, max_parallel, report_dir)
+
+
+def emit_kuberay(release_file: str | pathlib.Path, image: Optional[str] = None, namespace: Optional[str] = None) -> str:
+    """A KubeRay RayJob (YAML text) that runs the release on a Kubernetes cluster with the pinned builder image."""
+    from builder.release.kuberay import emit_kuberay as emit
+    from builder.release.spec import plan, read_release_file
+    from builder.runners.docker_runner import default_image
+
+    spec = read_release_file(release_file)
+    planned = plan(spec, f"release file '{release_file}'")
+    text = pathlib.Path(release_file).read_text(encoding="utf-8")
+    return emit(spec, planned, text, image or default_image(), namespace)

@@ -371,11 +371,70 @@ def push_command(bundle: str, reference: str, insecure: bool) -> None:
 @click.argument("destination", type=click.Path(file_okay=False))
 @click.option("--insecure", is_flag=True, help="Plain HTTP (a registry without TLS).")
 @click.option("--force", is_flag=True, help="Replace an existing destination folder.")
-def pull_command(reference: str, destination: str, insecure: bool, force: bool) -> None:
+@click.option("--select", metavar="KEY=VALUE,...", default=None,
+              help="Pick one bundle from a release's index by model, precision, target, gpu, name or build-key, "
+                   "e.g. model=yolo_nas_s,precision=int8,gpu=T4.")
+def pull_command(reference: str, destination: str, insecure: bool, force: bool, select: str | None) -> None:
     """Pull a bundle (REGISTRY/REPOSITORY:TAG or @sha256:DIGEST) into DESTINATION, every file checked."""
     from builder.api import pull
 
-    click.echo(str(pull(reference, destination, insecure, force)))
+    click.echo(str(pull(reference, destination, insecure, force, select)))
+
+
+@cli.command("release")
+@click.argument("release_file", metavar="RELEASE.yaml", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the bundles with their build keys and resources; build nothing.")
+@click.option("--cluster", type=click.Choice(["local"]), default=None,
+              help="Start Ray in this process and build here (the default without --address).")
+@click.option("--address", default=None, metavar="ADDRESS",
+              help="A running Ray cluster: auto, HOST:PORT or ray://HOST:PORT.")
+@click.option("--max-parallel", type=click.IntRange(1), default=None,
+              help="Most builds at once. [default: as many as the cluster's resources allow]")
+@click.option("--report-dir", metavar="DIR", default=None,
+              help="Where report.md, report.html and report.json go. [default: releases/NAME-VERSION]")
+@click.option("--emit", type=click.Choice(["kuberay"]), default=None,
+              help="Write a KubeRay RayJob that runs this release on Kubernetes instead of building.")
+@click.option("--image", default=None, help="Builder image of the RayJob's pods (--emit). [default: "
+                                            "model-bundle-builder:VERSION]")
+@click.option("--namespace", default=None, help="Kubernetes namespace of the RayJob (--emit). [default: none]")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="File for --emit's manifests. [default: standard output]")
+def release_command(release_file, dry_run, cluster, address, max_parallel, report_dir, emit, image, namespace,
+                    output) -> None:
+    """Build every bundle of a release matrix on a Ray cluster and push them with one index.
+
+    Bundles whose build key is in the registry already are not built again. Exit code 4 when a build
+    failed (the others are built and pushed; the index is not).
+    """
+    from builder.api import emit_kuberay, release
+
+    if cluster and address:
+        raise UserError("--cluster local and --address exclude each other")
+    if emit is None and (image or namespace or output):
+        raise UserError("--image, --namespace and --output go with --emit kuberay")
+    if emit is not None:
+        if dry_run or address or cluster or max_parallel or report_dir:
+            raise UserError("--emit writes manifests only: drop --dry-run, --cluster, --address, --max-parallel "
+                            "and --report-dir")
+        text = emit_kuberay(release_file, image, namespace)
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        import pathlib
+
+        from builder.core.files import atomic_file
+
+        with atomic_file(pathlib.Path(output)) as f:
+            f.write(text.encode("utf-8"))
+        click.echo(f"wrote {output}", err=True)
+        return
+    result = release(release_file, dry_run=dry_run, address=address, max_parallel=max_parallel,
+                     report_dir=report_dir)
+    click.echo(result.table())
+    if result.failed:
+        from builder.core.errors import ReleaseIncomplete
+
+        raise ReleaseIncomplete(f"{len(result.failed)} of {len(result.planned)} bundles failed; no index was pushed")
 
 
 @cli.command("verify")

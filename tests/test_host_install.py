@@ -135,7 +135,7 @@ def test_builder_help_is_what_click_prints_for_the_built_commands(monkeypatch):
     """The group lists its commands without building them; the text equals a plain group's with all built."""
     monkeypatch.setenv("COLUMNS", "80")
     names = cli.list_commands(click.Context(cli))
-    assert names == ["bench", "bundle", "export", "fetch", "models", "pull", "push", "verify"]
+    assert names == ["bench", "bundle", "export", "fetch", "models", "pull", "push", "release", "verify"]
     plain = click.Group(cli.name, commands={name: _contexts(name)[0] for name in names}, params=cli.params,
                         help=cli.help, context_settings=cli.context_settings)
     expected = plain.get_help(click.Context(plain, info_name="builder", **plain.context_settings))
@@ -144,7 +144,7 @@ def test_builder_help_is_what_click_prints_for_the_built_commands(monkeypatch):
     assert done.stdout == expected + "\n"
 
 
-@pytest.mark.parametrize("name", ["bench", "bundle", "export", "fetch", "models", "pull", "push", "verify"])
+@pytest.mark.parametrize("name", ["bench", "bundle", "export", "fetch", "models", "pull", "push", "release", "verify"])
 def test_each_command_help_lists_exactly_its_command_objects_options(name, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     command, ctx = _contexts(name)
@@ -305,6 +305,20 @@ def test_the_host_refuses_a_local_export_naming_the_extra(host, tmp_path):
     line = _one_error_line(done.stderr)
     assert "'model-bundle-builder[export]'" in line, line
     assert done.stdout == "" and not output.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_host_plans_a_release_and_names_the_cluster_extra_to_build_it(host, tmp_path):
+    release = tmp_path / "release.yaml"
+    release.write_text("name: detectors\nversion: '1'\nregistry: 127.0.0.1:5999/acme\ninsecure: true\n"
+                       "runner: local\nmatrix: {model: [yolo_nas_s, ppyoloe_s], target: [triton]}\n")
+    planned = host.run("builder", "release", str(release), "--dry-run", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.splitlines()[-1] == "2 bundles, 2 builds (dry run: nothing built)"
+    built = host.run("builder", "release", str(release), cwd=tmp_path)
+    assert built.returncode == 2
+    assert _one_error_line(built.stderr).endswith("(pip install 'model-bundle-builder[cluster]')")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release.yaml"]
 
 
 @pytest.mark.slow

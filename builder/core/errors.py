@@ -8,6 +8,7 @@ from typing import Iterable
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_GATE_FAILED = 3  # a check ran and the artifact failed it (builder verify)
+EXIT_RELEASE_INCOMPLETE = 4  # some builds of a release failed (builder release)
 
 
 class BuilderError(Exception):
@@ -30,6 +31,12 @@ class GateFailed(UserError):
     """A release gate ran and the artifact failed it: one line, its own exit code."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class ReleaseIncomplete(UserError):
+    """Builds of a release failed (each said why in the summary); the rest were built and pushed."""
+
+    exit_code = EXIT_RELEASE_INCOMPLETE
 
 
 class MissingExtraError(UserError):

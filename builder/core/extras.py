@@ -14,6 +14,8 @@ EXTRAS = {
     "export": ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime"),
     # running a bundle's ONNX model here (builder bench); part of `export` too
     "bench": ("onnxruntime",),
+    # builder release: the builds run as Ray tasks
+    "cluster": ("ray",),
 }
 
 

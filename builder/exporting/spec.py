@@ -102,6 +102,14 @@ class ExportSpec(BaseModel):
             raise ValueError(f"expected a number from 0 to 1, got {value}")
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        # checked with the other options, before any work is announced (the families are torch-free declarations)
+        from builder.models.registry import family_of
+
+        return registered(family_of, value)
+
     @field_validator("nms")
     @classmethod
     def _known_flavour(cls, value: str) -> str:

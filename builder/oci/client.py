@@ -22,6 +22,7 @@ from builder.core.errors import UserError
 from builder.oci.reference import DIGEST, PASSWORD_VARIABLE, USERNAME_VARIABLE, Reference, credentials
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 TIMEOUT = 60  # seconds per request
 CHUNK = 1 << 20
 #: registries refuse manifests above 4 MiB (distribution's limit), so a larger answer is not a manifest
@@ -55,6 +56,34 @@ class ImageManifest(_OCIRecord):
     config: Descriptor
     layers: list[Descriptor] = Field(max_length=1024)
     annotations: Optional[dict[str, str]] = None
+
+
+class ImageIndex(_OCIRecord):
+    """An OCI image index: what a release is (one entry per bundle, each with its annotations)."""
+
+    schemaVersion: Literal[2]
+    mediaType: Optional[str] = None
+    artifactType: Optional[str] = None
+    manifests: list[Descriptor] = Field(max_length=4096)
+    annotations: Optional[dict[str, str]] = None
+
+
+def parse_record(record: type, content: bytes, name: str):
+    """An OCI manifest or index from a registry, validated; a bad one is one line naming the field."""
+    try:
+        return record.model_validate_json(content)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = _shown(".".join(str(p) for p in first["loc"])) or "the manifest"
+        raise UserError(f"'{name}': the registry sent an invalid manifest: {where}: {first['msg']}") from None
+
+
+def _media_type(content: bytes) -> Optional[str]:
+    try:
+        value = json.loads(content).get("mediaType")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def manifest_bytes(manifest: dict) -> bytes:
@@ -217,26 +246,42 @@ class RegistryClient:
             raise UserError(f"registry {self.ref.registry} stored the manifest as {_shown(returned)}, not {digest}")
         return digest
 
-    def get_manifest(self) -> tuple[ImageManifest, str]:
-        """The manifest the reference names, validated, and the digest of its bytes (checked against a pinned
-        digest)."""
-        response = self.request("GET", f"{self.base}/manifests/{self.ref.target}",
-                                headers={"Accept": MANIFEST_MEDIA_TYPE}, stream=True)
+    def fetch_manifest(self, target: Optional[str] = None, missing_ok: bool = False) -> Optional[tuple[bytes, str]]:
+        """The bytes of the manifest or index `target` (default: the reference's) names, and their digest
+        (checked against a pinned digest); None for a tag that does not exist when `missing_ok`."""
+        target = target or self.ref.target
+        shown = self.ref.name if target == self.ref.target else f"{self.ref.registry}/{self.ref.repository}:{target}"
+        response = self.request("GET", f"{self.base}/manifests/{target}",
+                                headers={"Accept": f"{MANIFEST_MEDIA_TYPE}, {INDEX_MEDIA_TYPE}"}, stream=True)
         if response.status_code == 404:
             response.close()
-            raise UserError(f"'{self.ref.name}' does not exist")
-        self._check(response, f"reading {self.ref.name}")
+            if missing_ok:
+                return None
+            raise UserError(f"'{shown}' does not exist")
+        self._check(response, f"reading {shown}")
         content = self._body(response, MAX_MANIFEST_BYTES, "a manifest")
         digest = sha256_digest(content)
-        if self.ref.digest and digest != self.ref.digest:
-            raise UserError(f"'{self.ref.name}': the registry sent a manifest with digest {digest}")
-        try:
-            return ImageManifest.model_validate_json(content), digest
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = _shown(".".join(str(p) for p in first["loc"])) or "the manifest"
-            raise UserError(f"'{self.ref.name}': the registry sent an invalid manifest: {where}: "
-                            f"{first['msg']}") from None
+        expected = target if DIGEST.fullmatch(target) else None
+        if expected and digest != expected:
+            raise UserError(f"'{shown}': the registry sent a manifest with digest {digest}")
+        return content, digest
+
+    def get_manifest(self) -> tuple[ImageManifest, str]:
+        """The manifest the reference names, validated, and the digest of its bytes (checked against a pinned
+        digest). A release's index is named as such: a bundle is picked from it with a selection."""
+        content, digest = self.fetch_manifest()
+        if _media_type(content) == INDEX_MEDIA_TYPE:
+            raise UserError(f"'{self.ref.name}' is a release index, not one bundle",
+                            hint="pick a bundle with --select, e.g. --select model=yolo_nas_s,precision=fp16")
+        return parse_record(ImageManifest, content, self.ref.name), digest
+
+    def put_index(self, index: dict, target: str) -> tuple[str, int]:
+        """Write an OCI image index (its manifests must be in this repository already): its digest and size."""
+        data = manifest_bytes(index)
+        response = self.request("PUT", f"{self.base}/manifests/{target}", data=data,
+                                headers={"Content-Type": INDEX_MEDIA_TYPE})
+        self._check(response, f"writing {self.ref.repository}:{target}")
+        return sha256_digest(data), len(data)
 
     def fetch_blob(self, descriptor: Descriptor, destination: pathlib.Path, max_size: int) -> None:
         """The blob into `destination`, its size and sha256 checked against the descriptor."""

@@ -14,6 +14,7 @@ import json
 import pathlib
 import tempfile
 from dataclasses import dataclass
+from typing import Optional
 
 from builder.core.errors import UserError
 from builder.core.log import notice
@@ -33,6 +34,8 @@ class Transfer:
     digest: str
     bundle: pathlib.Path
     size: int
+    #: the size of the OCI manifest (what an index entry of the bundle states with its digest)
+    manifest_size: int = 0
 
     def __str__(self) -> str:
         return f"{self.reference}@{self.digest}"
@@ -55,7 +58,10 @@ def annotations_of(manifest, manifest_sha256: str) -> dict[str, str]:
     }
 
 
-def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> Transfer:
+def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False,
+         annotations: Optional[dict[str, str]] = None) -> Transfer:
+    """Push the bundle folder as `reference`; `annotations` are added to those its manifest gives (a release adds
+    its build key and accuracy summary)."""
     from builder.core.manifest import check_files
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
@@ -68,19 +74,19 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False) -> 
     try:
         manifest = check_files(folder)  # never publish a bundle that differs from its own manifest
         _refuse_empty_folders(folder, manifest)
-        digest, size = _push_archive(client, ref, folder, manifest)
+        digest, size, manifest_size = _push_archive(client, ref, folder, manifest, annotations or {})
     except OSError as e:  # the network's failures are UserErrors already: this is a file of the bundle (or TMPDIR)
         where = f"'{e.filename}': " if e.filename else ""
         raise UserError(f"cannot push '{folder}': {where}{e.strerror or e}") from None
     notice(f"pushed {ref.pinned(digest)}")
-    return Transfer(ref.tagged, digest, folder.resolve(), size)
+    return Transfer(ref.tagged, digest, folder.resolve(), size, manifest_size)
 
 
-def _push_archive(client, ref, folder: pathlib.Path, manifest) -> tuple[str, int]:
-    """Upload the config and the archive, then the tag: the manifest digest and the layer's size."""
+def _push_archive(client, ref, folder: pathlib.Path, manifest, extra: dict[str, str]) -> tuple[str, int, int]:
+    """Upload the config and the archive, then the tag: the manifest digest, the layer's size and the manifest's."""
     from builder.core.archive import write_archive
     from builder.core.manifest import MANIFEST
-    from builder.oci.client import MANIFEST_MEDIA_TYPE
+    from builder.oci.client import MANIFEST_MEDIA_TYPE, manifest_bytes
 
     with tempfile.TemporaryDirectory(prefix="builder-push-") as tmp:
         name = manifest.name
@@ -97,12 +103,14 @@ def _push_archive(client, ref, folder: pathlib.Path, manifest) -> tuple[str, int
             "artifactType": ARTIFACT_TYPE,
             "config": config,
             "layers": [layer],
-            "annotations": annotations_of(manifest, config["digest"].removeprefix("sha256:")),
+            "annotations": {**extra, **annotations_of(manifest, config["digest"].removeprefix("sha256:"))},
         }
-        return client.put_manifest(oci_manifest, ref.tag), layer["size"]
+        return client.put_manifest(oci_manifest, ref.tag), layer["size"], len(manifest_bytes(oci_manifest))
 
 
-def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False) -> Transfer:
+def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False,
+         select: Optional[dict[str, str]] = None) -> Transfer:
+    """Pull a bundle into `destination`; from a release's index, the one bundle whose annotations match `select`."""
     from builder.core.files import check_folder_destination, parents_made
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
@@ -110,6 +118,11 @@ def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False
     ref = parse_reference(reference)
     destination = check_folder_destination(pathlib.Path(destination), force)
     client = RegistryClient(ref, insecure)
+    if select is not None:
+        from builder.oci.index import select_bundle
+
+        ref = parse_reference(f"{ref.registry}/{ref.repository}@{select_bundle(client, select)}")
+        client = RegistryClient(ref, insecure)
     try:
         # the download folder beside the destination comes first: an unwritable destination fails before the network
         with parents_made(destination), tempfile.TemporaryDirectory(prefix="builder-pull-",

@@ -21,8 +21,10 @@ from typing import Optional
 from builder.core.errors import UserError
 from builder.exporting.spec import ExportSpec
 
-#: the image the top-level Dockerfile builds (docker build -t model-bundle-builder:VERSION .)
+#: the image the top-level Dockerfile builds (docker build -t model-bundle-builder:VERSION .): CUDA and TensorRT
 IMAGE_REPOSITORY = "model-bundle-builder"
+#: the image containers/cpu/build.sh builds offline: the export toolchain without CUDA
+CPU_IMAGE_REPOSITORY = "model-bundle-builder-cpu"
 STAGE_TIMEOUT_S = 3600
 #: the image's unprivileged user, which the stage runs as when the caller is root
 IMAGE_UID = 10001
@@ -34,6 +36,12 @@ def default_image() -> str:
     from builder.core.version import __version__
 
     return f"{IMAGE_REPOSITORY}:{__version__}"
+
+
+def cpu_image() -> str:
+    from builder.core.version import __version__
+
+    return f"{CPU_IMAGE_REPOSITORY}:{__version__}"
 
 
 def engine():

@@ -1,0 +1,196 @@
+"""`builder release` on a real two-node Ray cluster with a real registry, all on loopback.
+
+Runs only inside a network namespace of its own: tests/test_release_cluster.py starts it there with
+`unshare -n`. The checks share one cluster and one registry and run in file order: the release is built,
+pulled back and verified; built again (nothing to do); changed (only what changed is built); then a node is
+killed mid-build, last, since the cluster has one node less afterwards.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from bundle_helpers import lively_weights
+from oci_registry import running_registry
+from ray_cluster import HEALTH_CHECKS, RayCluster, in_private_network
+
+pytestmark = pytest.mark.skipif(not in_private_network(), reason="needs a network namespace of its own (unshare -n)")
+
+GPU_NODE_RESOURCES = {"accelerator_type:T4": 1}
+MODELS = ("yolo_nas_s", "ppyoloe_s")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    weights = {m: lively_weights(root / f"{m}.pth", m) for m in MODELS}
+    with running_registry(root / "registry") as registry:
+        cluster = RayCluster(root)
+        try:
+            cluster.start_head(num_cpus=1)
+            second = cluster.add_node("second", num_cpus=1, resources=GPU_NODE_RESOURCES)
+            yield {"root": root, "registry": registry, "cluster": cluster, "second": second, "weights": weights}
+        finally:
+            cluster.stop()
+
+
+def release_file(world, name: str, precisions=("fp32", "fp16"), version="1.0", **extra) -> pathlib.Path:
+    spec = {
+        "name": "detectors", "version": version, "registry": f"{world['registry']}/acme", "insecure": True,
+        "runner": "local",
+        "defaults": {"input_image_shape": [128, 128]},
+        "matrix": {"model": list(MODELS), "precision": list(precisions), "target": ["triton", "standalone"]},
+        # one bundle pinned, by a resource only the second node offers
+        "include": [{"model": "ppyoloe_s", "precision": "fp32", "target": "standalone",
+                     "resources": {"accelerator_type:T4": 0.001}}],
+        "weights": {m: str(p) for m, p in world["weights"].items()},
+        **extra,
+    }
+    path = world["root"] / f"{name}.yaml"
+    path.write_text(json.dumps(spec, indent=2))  # JSON is YAML
+    return path
+
+
+def release(world, path: pathlib.Path, *arguments: str) -> tuple[subprocess.CompletedProcess, dict]:
+    report = world["root"] / f"report-{path.stem}"
+    done = subprocess.run([sys.executable, "-m", "builder", "release", str(path), "--address",
+                           world["cluster"].address, "--report-dir", str(report), *arguments],
+                          capture_output=True, text=True, timeout=600, env=_env())
+    assert "Traceback" not in done.stderr, done.stderr
+    data = json.loads((report / "report.json").read_text()) if (report / "report.json").exists() else {}
+    return done, data
+
+
+def _env():
+    import os
+
+    return {**os.environ, **HEALTH_CHECKS}
+
+
+def by_bundle(report: dict) -> dict[str, dict]:
+    return {b["bundle"]: b for b in report["bundles"]}
+
+
+def test_a_matrix_release_builds_on_both_nodes_and_pulls_back_by_selection(world, tmp_path):
+    from builder.api import pull, verify
+
+    done, report = release(world, release_file(world, "first"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundles = by_bundle(report)
+    assert len(bundles) == 8 and {b["status"] for b in bundles.values()} == {"built"}
+    # progress: a line per stage of each running build, naming its node; a summary table at the end
+    assert re.search(r"^note: \[\d\] \S+ \S+ \S+ on [0-9a-f]{8} .*: exporting", done.stderr, re.M), done.stderr
+    assert "8 built, 0 cached, 0 failed; index " in done.stdout
+    # the build pinned by a resource only the second node has ran there; the others went to both nodes
+    assert "accelerator_type:T4" in bundles["ppyoloe_s fp32 standalone"]["node"]
+    assert len({b["node"] for b in bundles.values()}) == 2
+    index = report["index"]
+    assert index.startswith(f"{world['registry']}/acme/detectors:1.0@sha256:")
+    for model in MODELS:
+        for precision in ("fp32", "fp16"):
+            for target in ("triton", "standalone"):
+                folder = tmp_path / f"{model}-{precision}-{target}"
+                transfer = pull(f"{world['registry']}/acme/detectors:1.0", folder, insecure=True,
+                                select=f"model={model},precision={precision},target={target}")
+                assert transfer.digest == bundles[f"{model} {precision} {target}"]["digest"]
+                manifest = json.loads((folder / "manifest.json").read_text())
+                assert (manifest["model"]["variant"], manifest["precision"], manifest["target"]) == (
+                    model, precision, target)
+                assert verify(folder).passed, folder
+    # the command as users type it, once
+    cli = subprocess.run([sys.executable, "-m", "builder", "pull", f"{world['registry']}/acme/detectors:1.0",
+                          str(tmp_path / "cli"), "--insecure", "--select", "model=ppyoloe_s,precision=fp16,target=triton"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    verified = subprocess.run([sys.executable, "-m", "builder", "verify", str(tmp_path / "cli")], capture_output=True,
+                              text=True, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    ambiguous = subprocess.run([sys.executable, "-m", "builder", "pull", f"{world['registry']}/acme/detectors:1.0",
+                                str(tmp_path / "two"), "--insecure", "--select", "model=ppyoloe_s,precision=fp16"],
+                               capture_output=True, text=True, timeout=120)
+    assert ambiguous.returncode == 2 and ambiguous.stderr.count("error:") == 1
+    assert "2 bundles of" in ambiguous.stderr and "target" in ambiguous.stderr
+    assert not (tmp_path / "two").exists()
+    for page in ("report.md", "report.html"):
+        text = (world["root"] / "report-first" / page).read_text()
+        assert "ppyoloe_s fp32 standalone" in text and bundles["ppyoloe_s fp32 standalone"]["digest"][7:19] in text
+
+
+def test_an_unchanged_release_builds_nothing(world):
+    done, report = release(world, release_file(world, "again"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {b["status"] for b in report["bundles"]} == {"cached"}
+    first = json.loads((world["root"] / "report-first" / "report.json").read_text())
+    assert report["index"] == first["index"]  # the same index, byte for byte
+
+
+def test_changing_one_precision_rebuilds_only_the_bundles_it_affects(world):
+    done, report = release(world, release_file(world, "changed", precisions=("fp32", "int8"), version="1.1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    statuses = {name: b["status"] for name, b in by_bundle(report).items()}
+    assert statuses == {f"{m} {p} {t}": ("cached" if p == "fp32" else "built")
+                        for m in MODELS for p in ("fp32", "int8") for t in ("triton", "standalone")}
+    first = by_bundle(json.loads((world["root"] / "report-first" / "report.json").read_text()))
+    for name, bundle in by_bundle(report).items():
+        if bundle["status"] == "cached":
+            assert bundle["digest"] == first[name]["digest"]
+
+
+def test_a_build_no_node_can_run_is_reported_up_front(world):
+    path = release_file(world, "unschedulable", version="1.2",
+                        include=[{"model": "yolo_nas_s", "precision": "fp16", "target": "triton", "engine": "tensorrt",
+                                  "gpu": "L4"}],
+                        matrix={"model": ["yolo_nas_s"], "precision": ["fp32"], "target": ["standalone"]},
+                        weights={"yolo_nas_s": str(world["weights"]["yolo_nas_s"])})
+    done, report = release(world, path)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: 1 of 2 bundles failed; no index was pushed"
+    [failed] = [b for b in report["bundles"] if b["bundle"].startswith("yolo_nas_s fp16 triton L4")]
+    assert failed["status"] == "failed" and "no node of the cluster offers" in failed["error"]
+    assert "accelerator_type:L4" in failed["error"] and failed["attempts"] == 0
+    assert report["index"] is None
+    assert "1.2" not in _tags(world)
+
+
+def test_a_node_killed_mid_build_is_retried_elsewhere_and_nothing_partial_is_pushed(world):
+    path = release_file(world, "killed", precisions=("fp32",), version="2.0", verify=False,
+                        defaults={"input_image_shape": [96, 96]}, include=[],
+                        matrix={"model": list(MODELS), "precision": ["fp32"], "target": ["standalone"]})
+    process = subprocess.Popen([sys.executable, "-m", "builder", "release", str(path), "--address",
+                                world["cluster"].address, "--report-dir", str(world["root"] / "report-killed")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    seen = []
+    for line in process.stderr:  # wait for a build to be under way on the second node, then take the node away
+        seen.append(line)
+        if "(accelerator_type:T4): exporting" in line:
+            world["second"].kill()
+            break
+    else:
+        pytest.fail("no build started on the second node:\n" + "".join(seen))
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, "".join(seen) + stderr
+    assert "Traceback" not in stderr and "(raylet)" not in stdout, stdout  # Ray's own notices stay off stdout
+    assert stdout.splitlines()[-1].startswith("2 built, 0 cached, 0 failed; index "), stdout
+    report = json.loads((world["root"] / "report-killed" / "report.json").read_text())
+    bundles = report["bundles"]
+    assert {b["status"] for b in bundles} == {"built"}
+    retried = [b for b in bundles if b["attempts"] == 2]
+    assert len(retried) == 1 and "head" in retried[0]["node"], bundles
+    # every bundle tag in the registry is a whole bundle: pull each and check every file
+    from builder.api import pull
+
+    tags = _tags(world)
+    assert "2.0" in tags
+    for tag in (t for t in tags if t.startswith("build-")):
+        pull(f"{world['registry']}/acme/detectors:{tag}", world["root"] / "pulled" / tag, insecure=True)
+
+
+def _tags(world) -> list[str]:
+    with urllib.request.urlopen(f"http://{world['registry']}/v2/acme/detectors/tags/list", timeout=30) as answer:
+        return json.load(answer)["tags"] or []
