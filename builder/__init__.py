@@ -1,6 +1,6 @@
 """builder: trained object detectors in, deployable bundles out.
 
-The Python API (`builder.export`, `bundle`, `verify`, `bench`, `push`, `pull`) lives in `builder.api` and
+The Python API (`builder.export`, `bundle`, `verify`, `bench`, `push`, `pull`, `release`) lives in `builder.api` and
 is loaded on first use, so `import builder` stays cheap; `builder.models` is SuperGradients' `models.get`.
 """
 from builder import models
@@ -8,7 +8,7 @@ from builder.core import wiring as _wiring
 from builder.core.errors import BuilderError, UserError
 from builder.core.version import __version__
 
-_API = ("export", "bundle", "verify", "bench", "push", "pull")
+_API = ("export", "bundle", "verify", "bench", "push", "pull", "release")
 
 
 def __getattr__(name: str):

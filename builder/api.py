@@ -97,15 +97,15 @@ def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Op
     `address`: `auto`, `HOST:PORT` or `ray://HOST:PORT`; None starts a local Ray in this process. The result's
     `ok` is False when a build failed (its error is in the table; no index is pushed).
     """
-    from builder.release.run import release as run_release
+    from builder.releases.run import release as run_release
 
     return run_release(release_file, dry_run, address, max_parallel, report_dir)
 
 
 def emit_kuberay(release_file: str | pathlib.Path, image: Optional[str] = None, namespace: Optional[str] = None) -> str:
     """A KubeRay RayJob (YAML text) that runs the release on a Kubernetes cluster with the pinned builder image."""
-    from builder.release.kuberay import emit_kuberay as emit
-    from builder.release.spec import plan, read_release_file
+    from builder.releases.kuberay import emit_kuberay as emit
+    from builder.releases.spec import plan, read_release_file
     from builder.runners.docker_runner import default_image
 
     spec = read_release_file(release_file)

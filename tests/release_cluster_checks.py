@@ -117,6 +117,14 @@ def test_a_matrix_release_builds_on_both_nodes_and_pulls_back_by_selection(world
     assert ambiguous.returncode == 2 and ambiguous.stderr.count("error:") == 1
     assert "2 bundles of" in ambiguous.stderr and "target" in ambiguous.stderr
     assert not (tmp_path / "two").exists()
+    index = _json(f"http://{world['registry']}/v2/acme/detectors/manifests/1.0",
+                  "application/vnd.oci.image.index.v1+json")
+    assert index["artifactType"] == "application/vnd.builder.release.v1" and len(index["manifests"]) == 8
+    for entry in index["manifests"]:
+        said = {k.removeprefix("dev.builder."): v for k, v in entry["annotations"].items()}
+        bundle = bundles[f"{said['model']} {said['precision']} {said['target']}"]
+        assert entry["digest"] == bundle["digest"] and said["build-key"] == bundle["build_key"]
+        assert said["accuracy"] == bundle["accuracy"] and said["accuracy"].endswith(", verified")
     for page in ("report.md", "report.html"):
         text = (world["root"] / "report-first" / page).read_text()
         assert "ppyoloe_s fp32 standalone" in text and bundles["ppyoloe_s fp32 standalone"]["digest"][7:19] in text
@@ -158,6 +166,24 @@ def test_a_build_no_node_can_run_is_reported_up_front(world):
     assert "1.2" not in _tags(world)
 
 
+def test_cluster_local_starts_ray_in_this_process_and_max_parallel_bounds_the_builds(world):
+    path = release_file(world, "local", version="3.0", verify=False, defaults={"input_image_shape": [64, 64]},
+                        include=[], matrix={"model": list(MODELS), "precision": ["fp32"], "target": ["standalone"]})
+    report = world["root"] / "report-local"
+    done = subprocess.run([sys.executable, "-m", "builder", "release", str(path), "--cluster", "local",
+                           "--max-parallel", "1", "--report-dir", str(report)], capture_output=True, text=True,
+                          timeout=600, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundles = json.loads((report / "report.json").read_text())["bundles"]
+    assert [b["status"] for b in bundles] == ["built", "built"]
+    assert bundles[0]["node"] == bundles[1]["node"] and "head" in bundles[0]["node"]  # its own one-node Ray
+    lines = done.stderr.splitlines()
+    first_done = next(i for i, line in enumerate(lines) if line.startswith("note: (1/2)"))
+    second = next(p for p in ("[1]", "[2]") if p not in lines[first_done])
+    # one build at a time: the second starts only after the first is done
+    assert not any(line.startswith(f"note: {second}") for line in lines[:first_done]), done.stderr
+
+
 def test_a_node_killed_mid_build_is_retried_elsewhere_and_nothing_partial_is_pushed(world):
     path = release_file(world, "killed", precisions=("fp32",), version="2.0", verify=False,
                         defaults={"input_image_shape": [96, 96]}, include=[],
@@ -189,6 +215,12 @@ def test_a_node_killed_mid_build_is_retried_elsewhere_and_nothing_partial_is_pus
     assert "2.0" in tags
     for tag in (t for t in tags if t.startswith("build-")):
         pull(f"{world['registry']}/acme/detectors:{tag}", world["root"] / "pulled" / tag, insecure=True)
+
+
+def _json(url: str, accept: str) -> dict:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
 
 
 def _tags(world) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from builder.cli import main
 from builder.core.errors import UserError
-from builder.release.spec import ReleaseSpec, combinations, plan, read_release_file
+from builder.releases.spec import ReleaseSpec, combinations, plan, read_release_file
 
 WEIGHTS = "weights.pth"
 
@@ -171,7 +171,7 @@ include:
 # ---- build keys -----------------------------------------------------------------------------------------------
 
 def keys_of(tmp_path: pathlib.Path, text: str) -> dict[str, str]:
-    from builder.release.run import with_keys
+    from builder.releases.run import with_keys
 
     spec = read_release_file(write(tmp_path, text))
     return {p.label: p.key for p in with_keys(spec, plan(spec))}
@@ -209,7 +209,7 @@ def test_a_key_follows_the_content_of_the_files_a_bundle_is_built_from(tmp_path)
 
 
 def test_a_key_names_the_stage_and_for_an_engine_the_gpu(tmp_path):
-    from builder.release.keys import build_key, local_stage
+    from builder.releases.keys import build_key, local_stage
 
     spec = read_release_file(write(tmp_path, BASE + """\
 matrix: {model: [yolo_nas_s], target: [triton], gpu: [T4, L4]}
@@ -229,8 +229,8 @@ include: [{gpu: T4, engine: tensorrt, precision: fp16, model: ppyoloe_s, target:
 # ---- the report -------------------------------------------------------------------------------------------------
 
 def test_the_report_escapes_what_it_shows(tmp_path):
-    from builder.release.report import html_page, markdown, write_report
-    from builder.release.run import Outcome, ReleaseResult, with_keys
+    from builder.releases.report import html_page, markdown, write_report
+    from builder.releases.run import Outcome, ReleaseResult, with_keys
 
     spec = read_release_file(write(tmp_path, BASE + "matrix: {model: [yolo_nas_s, ppyoloe_s], target: [triton]}\n"))
     planned = with_keys(spec, plan(spec))
@@ -351,3 +351,11 @@ def test_emit_kuberay_writes_the_configmap_and_the_rayjob(tmp_path, capsys):
     assert documents[1]["metadata"]["namespace"] == "ml"
     assert main(["release", str(path), "--emit", "kuberay", "--namespace", "ml"]) == 0
     assert list(yaml.safe_load_all(capsys.readouterr().out)) == documents
+
+
+def test_builder_release_is_the_api_function_even_after_the_package_is_imported():
+    import builder
+    import builder.releases.run  # noqa: F401  (a subpackage named `release` would shadow the function)
+    from builder.api import release
+
+    assert builder.release is release

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from builder.core.errors import MissingExtraError, UserError
-from builder.release import kuberay
-from builder.release.kuberay import check_rayjob, emit_kuberay, kubernetes_name, label_value
-from builder.release.spec import plan, read_release_file
+from builder.releases import kuberay
+from builder.releases.kuberay import check_rayjob, emit_kuberay, kubernetes_name, label_value
+from builder.releases.spec import plan, read_release_file
 
 IMAGE = "model-bundle-builder:0.1.0"
 YOLO = "https://models.example.com/yolo_nas_s.pth"

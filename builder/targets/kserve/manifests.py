@@ -231,20 +231,26 @@ def _yaml(origin: str, text: str) -> dict:
     return document
 
 
-def _check_isvc(origin: str, document: dict) -> dict:
+def check_schema(origin: str, document: dict, schema: pathlib.Path) -> None:
+    """`document` against a JSON schema (a CRD's, which Kubernetes' models do not know); the first problem is one
+    line naming the field, unknown fields as the Kubernetes checks name them."""
     jsonschema = _require("jsonschema")
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    validator = jsonschema.Draft202012Validator(json.loads(schema.read_text()))
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
-    if error is not None:
-        where = ""
-        for key in error.absolute_path:
-            where = _at(where, key)
-        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
-        unknown = sorted(set(error.instance) - set(known)) if isinstance(error.instance, dict) else []
-        if error.validator == "additionalProperties" and unknown:  # say it as the Kubernetes checks say it
-            raise _fail(origin, where, f"unknown field '{unknown[0]}'",
-                        hint=did_you_mean(unknown[0], known))
-        raise _fail(origin, where, error.message)
+    if error is None:
+        return
+    where = ""
+    for key in error.absolute_path:
+        where = _at(where, key)
+    known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+    unknown = sorted(set(error.instance) - set(known)) if isinstance(error.instance, dict) else []
+    if error.validator == "additionalProperties" and unknown:  # say it as the Kubernetes checks say it
+        raise _fail(origin, where, f"unknown field '{unknown[0]}'", hint=did_you_mean(unknown[0], known))
+    raise _fail(origin, where, " ".join(error.message.split()))
+
+
+def _check_isvc(origin: str, document: dict) -> dict:
+    check_schema(origin, document, SCHEMA)
     predictor = document["spec"]["predictor"]  # KServe's validateReplicas: 0 means no maximum
     low, high = predictor.get("minReplicas", 1), predictor.get("maxReplicas", 0)
     if high and low > high:

@@ -105,7 +105,7 @@ def _build(job: dict[str, Any], post) -> dict[str, Any]:
 
 def _runner(stage: dict[str, Any]):
     """The runner the build key was made for, checked against this node: a key means one toolchain."""
-    from builder.release.keys import local_stage
+    from builder.releases.keys import local_stage
     from builder.runners import LocalRunner
 
     if stage["runner"] == "local":

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from builder.core.errors import UserError
 from builder.core.log import notice
-from builder.release.spec import BUILD_TAG_PREFIX, PlannedBundle, ReleaseSpec
+from builder.releases.spec import BUILD_TAG_PREFIX, PlannedBundle, ReleaseSpec
 
 DEFAULT_REPORT_ROOT = "releases"
 #: how often the driver asks the progress board while builds run
@@ -111,13 +111,13 @@ class ReleaseResult:
 
 def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Optional[str] = None,
             max_parallel: Optional[int] = None, report_dir: Optional[str | pathlib.Path] = None) -> ReleaseResult:
-    """Build every bundle of a release (see builder.release.spec) and push it with one index.
+    """Build every bundle of a release (see builder.releases.spec) and push it with one index.
 
     `address`: a Ray cluster (`auto`, `HOST:PORT` or `ray://HOST:PORT`); None starts Ray in this process.
     The result says what was built, cached and failed; `ok` is False when a build failed (no index is
     pushed then: re-running builds only what is missing).
     """
-    from builder.release.spec import plan, read_release_file
+    from builder.releases.spec import plan, read_release_file
 
     if max_parallel is not None and max_parallel < 1:
         raise UserError(f"--max-parallel must be at least 1, not {max_parallel}")
@@ -154,7 +154,7 @@ def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Op
             _build_on_ray(spec, list(wanted.values()), result, address, max_parallel)
     if not result.failed:
         result.index = _push_index(spec, client, result)
-    from builder.release.report import write_report
+    from builder.releases.report import write_report
 
     result.report = write_report(result, report_dir)
     return result
@@ -162,7 +162,7 @@ def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Op
 
 def with_keys(spec: ReleaseSpec, planned: list[PlannedBundle]) -> list[PlannedBundle]:
     """The plan with each bundle's build key, for the stage the release's runner resolves to here."""
-    from builder.release.keys import build_key, resolve_stages
+    from builder.releases.keys import build_key, resolve_stages
 
     stages = resolve_stages(spec.runner, spec.image, spec.gpu_image, {_kind(p) for p in planned})
     keyed = []
@@ -223,7 +223,7 @@ def ray_cluster(address: Optional[str]):
     require("cluster", "ray")
     import ray
 
-    if ray.is_initialized():  # the caller's own connection (builder.release() from a Ray driver)
+    if ray.is_initialized():  # the caller's own connection (builder.releases() from a Ray driver)
         yield ray
         return
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
@@ -257,8 +257,8 @@ def node_names(ray) -> dict[str, str]:
 
 def _build_on_ray(spec: ReleaseSpec, builds: list[PlannedBundle], result: ReleaseResult, address: Optional[str],
                   max_parallel: Optional[int]) -> None:
-    from builder.release.progress import LiveLines
-    from builder.release.worker import ProgressBoard, build
+    from builder.releases.progress import LiveLines
+    from builder.releases.worker import ProgressBoard, build
 
     with ray_cluster(address) as ray:
         alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]

@@ -9,7 +9,7 @@ import shlex
 from typing import Any, Iterable, Optional
 
 from builder.core.errors import UserError
-from builder.release.spec import PATH_OPTIONS, PlannedBundle, ReleaseSpec
+from builder.releases.spec import PATH_OPTIONS, PlannedBundle, ReleaseSpec
 
 SCHEMA = pathlib.Path(__file__).with_name("rayjob.schema.json")
 ORIGIN = "RayJob"
@@ -296,22 +296,9 @@ def _refuse_local(subject: str, option: str, value: Any) -> None:
 # ---- checks ---------------------------------------------------------------------------------------------------
 def check_rayjob(document: dict) -> dict:
     """The RayJob against rayjob.schema.json, then every pod template through the kubernetes client's models."""
-    from builder.targets.kserve.manifests import _at, _fail, _require
+    from builder.targets.kserve.manifests import _fail, check_schema
 
-    jsonschema = _require("jsonschema")
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
-    if error is not None:
-        where = ""
-        for key in error.absolute_path:
-            where = _at(where, key)
-        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
-        unknown = sorted(set(error.instance) - set(known)) if isinstance(error.instance, dict) else []
-        if error.validator == "additionalProperties" and unknown:  # say it as the Kubernetes checks say it
-            from builder.core.errors import did_you_mean
-
-            raise _fail(ORIGIN, where, f"unknown field '{unknown[0]}'", hint=did_you_mean(unknown[0], known))
-        raise _fail(ORIGIN, where, " ".join(error.message.split()))
+    check_schema(ORIGIN, document, SCHEMA)
     spec = document["spec"]
     cluster = spec.get("rayClusterSpec") or {}
     templates = [("spec.submitterPodTemplate", spec.get("submitterPodTemplate"))]

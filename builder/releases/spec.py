@@ -146,7 +146,7 @@ class PlannedBundle:
     spec: Any  # BundleSpec
     gpu: Optional[str]
     resources: dict[str, float] = field(default_factory=dict)
-    #: set by the planner (builder.release.run.with_keys): the build key and the stage it was made for
+    #: set by the planner (builder.releases.run.with_keys): the build key and the stage it was made for
     key: str = ""
     stage: dict[str, Any] = field(default_factory=dict)
 
@@ -219,7 +219,7 @@ def combinations(spec: ReleaseSpec) -> list[dict[str, Any]]:
 def plan(spec: ReleaseSpec, source: str = "release file") -> list[PlannedBundle]:
     """Every bundle of the release, validated as a bundle spec; an invalid one is one line naming it."""
     from builder.targets.build import resolve_spec
-    from builder.targets.spec import check_bundle_inputs
+    from builder.targets.spec import check_bundle_inputs, merge
 
     rows = combinations(spec)
     if not rows:
@@ -238,7 +238,7 @@ def plan(spec: ReleaseSpec, source: str = "release file") -> list[PlannedBundle]
                 for k, v in resources.items()):
             raise UserError(f"{where}: resources maps custom Ray resource names to amounts in (0, 1024], e.g. "
                             f"{{node-with-cache: 1}}")
-        options = _merged(spec.defaults, {k: v for k, v in row.items() if k not in (GPU_KEY, RESOURCES_KEY)})
+        options = merge(spec.defaults, {k: v for k, v in row.items() if k not in (GPU_KEY, RESOURCES_KEY)})
         model = options.get("model", (options.get("export") or {}).get("model"))
         if "weights" not in options and isinstance(model, str) and model in spec.weights:
             options["weights"] = spec.weights[model]
@@ -253,16 +253,6 @@ def plan(spec: ReleaseSpec, source: str = "release file") -> list[PlannedBundle]
     if unused:
         raise UserError(f"{source}: weights are given for '{unused[0]}', which no bundle of the release builds")
     return planned
-
-
-def _merged(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
 
 
 def _matches(row: dict[str, Any], entry: dict[str, Any]) -> bool:
