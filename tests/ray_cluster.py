@@ -84,15 +84,23 @@ class RayCluster:
         return node
 
     def alive_nodes(self) -> list[dict]:
+        """The cluster's live nodes, asked of the GCS by a driver of its own (seconds on a busy machine)."""
         script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
                   "print(json.dumps([n for n in ray.nodes() if n['Alive']]))" % self.address)
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **HEALTH_CHECKS})
+        try:
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, **HEALTH_CHECKS})
+        except subprocess.TimeoutExpired:
+            self.last_problem = "asking the cluster for its nodes took more than 120 s"
+            return []
         if done.returncode != 0:
+            self.last_problem = done.stderr[-2000:]
             return []
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def wait_for(self, count: int, timeout: float = 90) -> None:
+    def wait_for(self, count: int, timeout: float = 300) -> None:
+        """Until `count` nodes are alive; generous, since two cores may also be running a whole test suite."""
+        self.last_problem = ""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for node in self.nodes:
@@ -100,9 +108,10 @@ class RayCluster:
                     raise AssertionError(f"ray node {node.name} exited:\n{node.log.read_text()[-3000:]}")
             if len(self.alive_nodes()) >= count:
                 return
-            time.sleep(0.5)
+            time.sleep(1)
         logs = "\n".join(n.log.read_text()[-1500:] for n in self.nodes)
-        raise AssertionError(f"the Ray cluster did not reach {count} nodes:\n{logs}")
+        raise AssertionError(f"the Ray cluster did not reach {count} nodes; the last answer:\n{self.last_problem}\n"
+                             f"{logs}")
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
