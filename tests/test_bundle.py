@@ -306,7 +306,7 @@ def test_cli_bundle_needs_a_target_and_prints_how_to_serve(tmp_path):
     done = subprocess.run([sys.executable, "-m", "builder", "bundle", "--model", "yolo_nas_s"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: missing --target (triton or standalone), or a --spec build.yaml that names it"]
+        "error: missing --target (triton, standalone, kserve), or a --spec build.yaml that names it"]
     done = subprocess.run([sys.executable, "-m", "builder", "bundle", "--target", "triton", "--model", "yolo_nas_s",
                            "--input-shape", "64", "--output", str(tmp_path / "b")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -81,11 +81,11 @@ class _BundleSpecBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
-    target: str = Field(description="What to build: triton (a Triton model repository and client), standalone (an ONNX Runtime package), or another registered target.")
+    target: str = Field(description="What to build: triton (a Triton model repository and client), standalone (an ONNX Runtime package) or kserve (a Triton repository with KServe and Kubernetes manifests).")
     name: Optional[str] = Field(None, description="Model name (Triton's, and the folder's). Default: the model variant.")
     version: int = Field(1, ge=1, le=MAX_VERSION, strict=True, description=f"Model version (Triton's version folder; at most {MAX_VERSION}).")
     labels: Optional[str] = Field(None, description="Text file of class names, one per line. Default: the checkpoint's, else COCO's for 80 classes.")
-    templates: Optional[str] = Field(None, description="Folder of templates that override the shipped ones by relative path.")
+    templates: Optional[str] = Field(None, description="Folder of templates that override the shipped ones by relative path. Default: the shipped templates only.")
     export: ExportSpec
     # factories, not instances: an instance validates, and so builds the model, when this module is imported
     triton: TritonOptions = Field(default_factory=TritonOptions)
