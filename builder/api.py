@@ -29,9 +29,10 @@ def export(model_or_name: Any, output: str | pathlib.Path, *, runner: str = "loc
         from builder.exporting.spec import ExportSpec, check_inputs
 
         # bad options, inputs and destinations fail before a runner is chosen
-        check_inputs(ExportSpec.create(model=model_or_name, **options))
+        spec = ExportSpec.create(model=model_or_name, **options)
+        check_inputs(spec)
         check_model_destination(destination)
-        chosen = select_runner(runner, image, gpus, pull)
+        chosen = select_runner(runner, image, gpus, pull, needs_gpu=spec.serving.builds_plan)
         if chosen.name != "local":
             return export_with_runner(chosen, output, model=model_or_name, **options)
     from builder.stage.export import export as export_here

@@ -103,7 +103,26 @@ def test_a_missing_image_is_one_clear_error_and_auto_falls_back(client, tmp_path
     assert not (tmp_path / "x").exists()
     with caplog.at_level("INFO", logger="builder"):
         assert isinstance(select_runner("auto", image="builder-test:does-not-exist"), LocalRunner)
-    assert "export stage runs here (local): image 'builder-test:does-not-exist' is not on the Docker engine" in caplog.text
+    assert "export stage runs here (local): no image 'builder-test:does-not-exist' on the Docker engine" in caplog.text
+
+
+def test_auto_picks_the_cpu_image_for_cpu_work_and_says_so(client, caplog):
+    """The CPU image is what containers/cpu/build.sh makes; auto used to look only for the CUDA image."""
+    from builder.runners import LocalRunner, select_runner
+    from builder.runners.docker_runner import DockerRunner, cpu_image, default_image, image_info
+
+    assert image_info(client, cpu_image()), "the CPU image is built by containers/cpu/build.sh"
+    with caplog.at_level("INFO", logger="builder"):
+        chosen = select_runner("auto")
+    assert isinstance(chosen, DockerRunner) and chosen.image == cpu_image()
+    assert f"export stage runs in the docker image {cpu_image()} (--runner auto)" in caplog.text
+    assert select_runner("docker").image == cpu_image()
+    if not image_info(client, default_image()):  # a TensorRT engine needs the CUDA image, which is not here
+        caplog.clear()
+        with caplog.at_level("INFO", logger="builder"):
+            assert isinstance(select_runner("auto", needs_gpu=True), LocalRunner)
+        assert f"no image '{default_image()}' on the Docker engine" in caplog.text
+        assert select_runner("docker", gpus=True).image == default_image()
 
 
 def test_without_an_engine_docker_is_one_clear_error(monkeypatch):

@@ -22,8 +22,14 @@ class LocalRunner:
         return read_outcome(output, {"runner": "local"})
 
 
-def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool = False, pull: bool = False):
-    """`auto`: docker when an engine answers and the image is there (or --pull), else local, with a notice."""
+def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool = False, pull: bool = False,
+                  needs_gpu: bool = False):
+    """`auto`: docker when an engine answers and a builder image is there (or --pull), else local, with a notice.
+
+    Without --image the image fits the work: the CPU image (model-bundle-builder-cpu) unless the GPU is asked
+    for (--gpus) or needed (a TensorRT engine), else the CUDA/TensorRT one (model-bundle-builder); a CPU job
+    also runs in the CUDA image when only that one is there.
+    """
     from builder.core.log import notice
 
     if runner not in RUNNERS:
@@ -32,19 +38,26 @@ def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool 
         if image or gpus or pull:
             raise UserError("--image, --gpus and --pull apply to the docker runner: drop them or use --runner docker")
         return LocalRunner()
-    from builder.runners.docker_runner import DockerRunner, default_image, engine, image_info
+    from builder.runners.docker_runner import DockerRunner, engine, fitting_images, image_info
 
+    candidates = [image] if image else fitting_images(gpus or needs_gpu)
     if runner == "docker":
-        return DockerRunner(image, gpus, pull)
+        client = engine()
+        present = next((c for c in candidates if image_info(client, c)), candidates[0])
+        return DockerRunner(present, gpus, pull, client=client)
     try:
         client = engine()
     except UserError as e:
         notice(f"export stage runs here (local): {e.one_line()}")
         return LocalRunner()
-    wanted = image or default_image()
-    if pull or image_info(client, wanted):
-        return DockerRunner(wanted, gpus, pull, client=client)
-    notice(f"export stage runs here (local): image '{wanted}' is not on the Docker engine")
+    present = next((c for c in candidates if image_info(client, c)), None)
+    if present is None and pull:
+        present = candidates[0]
+    if present is not None:
+        notice(f"export stage runs in the docker image {present} (--runner auto)")
+        return DockerRunner(present, gpus, pull, client=client)
+    named = " or ".join(f"'{c}'" for c in candidates)
+    notice(f"export stage runs here (local): no image {named} on the Docker engine")
     return LocalRunner()
 
 

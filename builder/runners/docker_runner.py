@@ -44,6 +44,11 @@ def cpu_image() -> str:
     return f"{CPU_IMAGE_REPOSITORY}:{__version__}"
 
 
+def fitting_images(needs_gpu: bool) -> list[str]:
+    """The builder images that can run a stage, the best fit first: a GPU job needs CUDA and TensorRT."""
+    return [default_image()] if needs_gpu else [cpu_image(), default_image()]
+
+
 def engine():
     """A docker client that answered a ping, or a UserError saying why not."""
     try:
@@ -100,10 +105,12 @@ class DockerRunner:
         environment = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
         for path, mode in self._inputs(spec):
             _mount(mounts, path, mode)
-        if spec.weights is not None and not pathlib.Path(spec.weights).expanduser().exists():
-            # coco or a URL: the host fetched it into its cache; the stage reads it there, offline
+        if spec.weights in ("coco",) or (spec.weights or "").startswith(("http://", "https://")):
+            # the host downloads (a bad URL is one line here); the stage reads the cached file, offline
             from builder.models.download import cache_dir
+            from builder.models.registry import resolve_weights
 
+            resolve_weights(spec.model, spec.weights)
             cache = cache_dir()
             _mount(mounts, cache, "ro")
             environment["BUILDER_CACHE"] = str(cache.parent)
@@ -201,7 +208,8 @@ class DockerRunner:
                 *lines, buffer = buffer.split(b"\n")
                 for raw in lines:
                     line = raw.decode("utf-8", "replace").rstrip("\r")
-                    print(line, file=sys.stderr, flush=True)
+                    if not line.startswith("error:"):  # the host reports the stage's error, as its one line
+                        print(line, file=sys.stderr, flush=True)
                     tail = (tail + [line])[-50:]
             if buffer:
                 tail.append(buffer.decode("utf-8", "replace"))
