@@ -27,6 +27,9 @@ def test_the_wheel_holds_the_templates_and_every_package(tmp_path):
     shipped = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2")}
     assert shipped and {f"builder/templates/{name}" for name in shipped} <= names
     assert "builder/templates/__init__.py" in names and "builder/targets/kserve/inferenceservice.schema.json" in names
+    assert "builder/releases/rayjob.schema.json" in names
+    demo = {f"builder/data/demo/{p.name}" for p in (ROOT / "builder" / "data" / "demo").iterdir()}
+    assert "builder/data/demo/ppyoloe_s_shapes.pth" in demo and demo <= names  # --weights demo, installed
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "builder").rglob("*.py")}
     assert modules <= names
     assert not any(name.startswith(("tests/", "templates/")) for name in names)

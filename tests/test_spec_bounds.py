@@ -215,7 +215,7 @@ def images(tmp_path):
                                                                      "no .jpg/"),
     (["--precision", "fp16", "--report-images", "{tmp}/images/one.png"], "report images folder "
                                                                          "'{tmp}/images/one.png' is not a folder"),
-    (["--weights", "{tmp}/none.pth"], "weights '{tmp}/none.pth' are neither a file, a URL, nor 'coco'"),
+    (["--weights", "{tmp}/none.pth"], "weights '{tmp}/none.pth' are neither a file, a URL, 'coco' nor 'demo'"),
     (["--weights", "{tmp}/images"], "weights '{tmp}/images' is a folder, not a checkpoint file"),
 ])
 def test_a_missing_input_of_an_export_is_one_line_before_the_model_is_built(args, message, images, tmp_path):

@@ -36,7 +36,7 @@ class ExportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use: --help stays cheap
 
     model: str = Field(description="Variant, e.g. yolo_nas_s (see 'builder models').")
-    weights: Optional[str] = Field(None, description="Checkpoint file, http(s) URL, or 'coco'. Default: random weights (pipeline testing only).")
+    weights: Optional[str] = Field(None, description="Checkpoint file, http(s) URL, 'coco' (the published COCO weights), 'demo' (ppyoloe_s trained on six shapes: real detections on the demo image) or 'random'. Default: random, which tests the pipeline but detects nothing real.")
     num_classes: Optional[int] = Field(None, ge=1, le=MAX_NUM_CLASSES, strict=True, description=f"Class count (at most {MAX_NUM_CLASSES}). Default: read from the checkpoint, else 80.")
     input_image_shape: Optional[tuple[StrictInt, StrictInt]] = Field(None, description=f"Input H, W (multiples of 32, 32-{MAX_INPUT_SIDE}). Default: the family's (640x640).")
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE, strict=True, description=f"Fixed batch size of the input (1-{MAX_BATCH_SIZE}; batch x height x width at most {MAX_BATCH_PIXELS:,}, i.e. 64 images of 640x640).")
@@ -101,6 +101,11 @@ class ExportSpec(BaseModel):
         if isinstance(value, bool):  # pydantic would read True as 1.0
             raise ValueError(f"expected a number from 0 to 1, got {value}")
         return value
+
+    @field_validator("weights")
+    @classmethod
+    def _random_is_none(cls, value: Optional[str]) -> Optional[str]:
+        return None if value == "random" else value  # the explicit name of the default
 
     @field_validator("model")
     @classmethod
@@ -250,12 +255,16 @@ def check_inputs(spec: ExportSpec) -> None:
     Not a validator: a spec is also read where its paths need not hold (a bundle's build.yaml on another host).
     """
     weights = spec.weights
-    if weights is not None and weights != "coco" and not weights.startswith(("http://", "https://")):
+    if weights == "demo":
+        from builder.models.demo import check_variant
+
+        check_variant(spec.model)
+    elif weights is not None and weights != "coco" and not weights.startswith(("http://", "https://")):
         path = pathlib.Path(weights).expanduser()
         if path.is_dir():
             raise UserError(f"weights '{weights}' is a folder, not a checkpoint file")
         if not path.is_file():
-            raise UserError(f"weights '{weights}' are neither a file, a URL, nor 'coco'")
+            raise UserError(f"weights '{weights}' are neither a file, a URL, 'coco' nor 'demo'")
     for what, folder in (("calibration images", spec.calibration_images), ("report images", spec.report_images)):
         if folder is not None:
             check_image_folder(what, folder)

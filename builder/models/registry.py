@@ -64,9 +64,13 @@ def parameter_count(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> int
 
 
 def resolve_weights(variant: str, weights: str) -> pathlib.Path:
-    """A local file for a weights argument: a path, an http(s) URL, or the name of a published dataset."""
+    """A local file for a weights argument: a path, an http(s) URL, 'coco' (the published weights) or 'demo'."""
     from builder.models.download import fetch
 
+    if weights == "demo":
+        from builder.models.demo import demo_checkpoint
+
+        return demo_checkpoint(variant)
     if weights == "coco":
         url = family_of(variant).pretrained_url.format(variant=variant)
         mirror = os.environ.get("BUILDER_WEIGHTS_MIRROR")
@@ -77,7 +81,7 @@ def resolve_weights(variant: str, weights: str) -> pathlib.Path:
         return fetch(weights)
     path = pathlib.Path(weights).expanduser()
     if not path.exists():
-        raise UserError(f"weights '{weights}' are neither a file, a URL, nor 'coco'")
+        raise UserError(f"weights '{weights}' are neither a file, a URL, 'coco' nor 'demo'")
     return path
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 import pathlib
 from typing import ClassVar, Optional
 
+#: a bundle built with --weights demo carries the demo scene here, and its README and usage run the client on it
+SAMPLE_IMAGE = "samples/shapes.jpg"
+DEMO_WEIGHTS = "demo"
+
 
 class Target:
     """One kind of bundle. Subclasses set the class attributes and implement the methods that differ."""
@@ -45,6 +49,18 @@ class Target:
 
     def usage(self, destination: pathlib.Path) -> str:
         raise NotImplementedError
+
+    @property
+    def headline(self) -> str:
+        """'yolo_nas_s (fp32, batch format)', or 'det (yolo_nas_s, fp32, ...)' when the name is not the model's."""
+        spec = self.spec
+        model = "" if spec.model_name == spec.export.model else f"{spec.export.model}, "
+        return f"{spec.model_name} ({model}{spec.export.precision}, {spec.export.output_predictions_format} format"
+
+    @property
+    def sample_image(self) -> str:
+        """The image the usage and README show the client on: the demo scene a demo bundle carries."""
+        return SAMPLE_IMAGE if self.spec.export.weights == DEMO_WEIGHTS else "image.jpg"
 
     @classmethod
     def served_model(cls, folder: pathlib.Path, manifest) -> pathlib.Path:

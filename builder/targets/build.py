@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from builder.targets.spec import (BundleSpec, TensorRTOptions, TritonOptions, check_bundle_inputs, merge,
                                   read_spec_file)
 from builder.core.errors import UserError, did_you_mean
+from builder.targets.base import DEMO_WEIGHTS, SAMPLE_IMAGE
 from builder.core.log import notice, warn
 from builder.exporting.spec import ExportSpec
 
@@ -83,7 +84,8 @@ def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Pa
     archive_path = destination.with_name(destination.name + ".tar.gz") if archive else None
     if archive_path is not None and archive_path.exists() and not force:
         raise UserError(f"'{archive_path}' already exists", hint="pass --force to replace it")
-    return build_bundle(spec, destination, force, archive_path, select_runner(runner, image, gpus, pull))
+    chosen = select_runner(runner, image, gpus, pull, needs_gpu=spec.export.serving.builds_plan)
+    return build_bundle(spec, destination, force, archive_path, chosen)
 
 
 def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
@@ -115,6 +117,11 @@ def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
         class_names = resolve_class_names(spec, result, labels)
         context = template_context(spec, result, class_names, target.model_file, outcome.versions)
         target.render(renderer, copy.deepcopy(context), staging)  # what rendering does stays out of the manifest
+        if context["sample_image"]:
+            from builder.models.demo import IMAGE
+
+            (staging / context["sample_image"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(IMAGE, staging / context["sample_image"])
         _write(staging / "build.yaml", spec.to_yaml())
         if result.accuracy_report is not None:
             report = {k: v for k, v in result.accuracy_report.items() if k != "path"}
@@ -187,6 +194,7 @@ def template_context(spec: BundleSpec, result, class_names: list[str], model_fil
         "batch_size": fixed_batch, "request_batch": request_batch, "max_batch_size": spec.max_batch_size,
         "class_names": class_names, "preprocessing": dict(prep.__dict__), "resize": result.resize,
         "nms": nms_settings(result), "model_file": model_file,
+        "sample_image": SAMPLE_IMAGE if spec.export.weights == DEMO_WEIGHTS else None,
         # what built the model (the stage's toolchain), plus the host's client library the Triton client pins
         "versions": {**stage_versions, **toolchain_versions(("tritonclient",))},
     })

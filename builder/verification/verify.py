@@ -303,6 +303,13 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
     return destination
 
 
+def _label(draw, at: tuple[float, float], text: str) -> None:
+    """White text on a dark box: legible on any photo (bare white text vanishes on light backgrounds)."""
+    left, top, right, bottom = draw.textbbox(at, text)
+    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(0, 0, 0))
+    draw.text(at, text, fill=(255, 255, 255))
+
+
 def _drawn(path: str, detections: list[tuple], title: str, names: list[str]):
     from PIL import Image, ImageDraw
 
@@ -312,6 +319,6 @@ def _drawn(path: str, detections: list[tuple], title: str, names: list[str]):
     for score, cls, box in detections:
         draw.rectangle([float(v) for v in box], outline=(230, 25, 75), width=width)
         label = names[cls] if 0 <= cls < len(names) else str(cls)
-        draw.text((float(box[0]) + 2, float(box[1]) + 2), f"{label} {score:.2f}", fill=(255, 255, 255))
-    draw.text((8, 8), f"{title}: {len(detections)}", fill=(255, 255, 0))
+        _label(draw, (float(box[0]) + width, float(box[1]) + width), f"{label} {score:.2f}")
+    _label(draw, (8, 8), f"{title}: {len(detections)}")
     return image

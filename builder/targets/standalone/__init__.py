@@ -17,15 +17,14 @@ class StandaloneTarget(Target):
                     executable=("infer.py",))
 
     def usage(self, destination) -> str:
-        spec = self.spec
+        image = destination / self.sample_image if self.sample_image != "image.jpg" else "image.jpg"
         return "\n".join([
-            f"Bundled {spec.model_name} ({spec.export.model}, {spec.export.precision}, "
-            f"{spec.export.output_predictions_format} format) for ONNX Runtime in {destination}",
+            f"Bundled {self.headline}) for ONNX Runtime in {destination}",
             "",
             "Run it:",
             "",
             f"  pip install -r {destination / 'requirements.txt'}",
-            f"  python {destination / 'infer.py'} image.jpg [--json] [--save out.png]",
+            f"  python {destination / 'infer.py'} {image} [--json] [--save out.png]",
         ])
 
 

@@ -76,11 +76,11 @@ class TritonTarget(Target):
 
     def usage(self, destination) -> str:
         spec = self.spec
+        image = destination / self.sample_image if self.sample_image != "image.jpg" else "image.jpg"
         batching = (f"Triton batches up to {spec.max_batch_size} images" if spec.max_batch_size
                     else "Triton does not batch it (max_batch_size 0)")
         return "\n".join([
-            f"Bundled {spec.model_name} ({spec.export.model}, {spec.export.precision}, "
-            f"{spec.export.output_predictions_format} format; {batching}) for Triton in {destination}",
+            f"Bundled {self.headline}; {batching}) for Triton in {destination}",
             f"  model repository: {destination / REPOSITORY}",
             f"  client:           {destination / 'client' / 'triton_client.py'}",
             "",
@@ -88,7 +88,7 @@ class TritonTarget(Target):
             "",
             f"  tritonserver --model-repository {destination / REPOSITORY}",
             f"  pip install -r {destination / 'client' / 'requirements.txt'}",
-            f"  python {destination / 'client' / 'triton_client.py'} image.jpg --url localhost:8000",
+            f"  python {destination / 'client' / 'triton_client.py'} {image} --url localhost:8000",
         ])
 
     @classmethod
