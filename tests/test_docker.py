@@ -106,6 +106,16 @@ def test_a_missing_image_is_one_clear_error_and_auto_falls_back(client, tmp_path
     assert "export stage runs here (local): no image 'builder-test:does-not-exist' on the Docker engine" in caplog.text
 
 
+def test_a_missing_image_is_said_before_any_work_is_announced(client, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "builder", "bundle", "--target", "standalone", "--model",
+                           "yolo_nas_s", "--runner", "docker", "--image", "builder-test:does-not-exist", "--output",
+                           str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr == ("error: image 'builder-test:does-not-exist' is not on this Docker engine (build it "
+                           "(containers/README.md) or pass --pull)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_auto_picks_the_cpu_image_for_cpu_work_and_says_so(client, caplog):
     """The CPU image is what containers/cpu/build.sh makes; auto used to look only for the CUDA image."""
     from builder.runners import LocalRunner, select_runner
@@ -122,7 +132,8 @@ def test_auto_picks_the_cpu_image_for_cpu_work_and_says_so(client, caplog):
         with caplog.at_level("INFO", logger="builder"):
             assert isinstance(select_runner("auto", needs_gpu=True), LocalRunner)
         assert f"no image '{default_image()}' on the Docker engine" in caplog.text
-        assert select_runner("docker", gpus=True).image == default_image()
+        with pytest.raises(UserError, match=f"image '{default_image()}' is not on this Docker engine"):
+            select_runner("docker", gpus=True)
 
 
 def test_without_an_engine_docker_is_one_clear_error(monkeypatch):

@@ -43,8 +43,11 @@ def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool 
     candidates = [image] if image else fitting_images(gpus or needs_gpu)
     if runner == "docker":
         client = engine()
-        present = next((c for c in candidates if image_info(client, c)), candidates[0])
-        return DockerRunner(present, gpus, pull, client=client)
+        present = next((c for c in candidates if image_info(client, c)), None)
+        if present is None and not pull:  # said now, before any work is announced
+            raise UserError(f"image '{candidates[0]}' is not on this Docker engine",
+                            hint="build it (containers/README.md) or pass --pull")
+        return DockerRunner(present or candidates[0], gpus, pull, client=client)
     try:
         client = engine()
     except UserError as e:
