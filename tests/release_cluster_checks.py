@@ -139,7 +139,10 @@ def test_an_unchanged_release_builds_nothing(world):
 
 
 def test_changing_one_precision_rebuilds_only_the_bundles_it_affects(world):
-    done, report = release(world, release_file(world, "changed", precisions=("fp32", "int8"), version="1.1"))
+    # verify: false: whether INT8 passes its gate rests on the CPU's int8 kernels (AVX2 and VNNI differ); what
+    # this checks is which bundles are built
+    done, report = release(world, release_file(world, "changed", precisions=("fp32", "int8"), version="1.1",
+                                               verify=False))
     assert done.returncode == 0, done.stderr[-3000:]
     statuses = {name: b["status"] for name, b in by_bundle(report).items()}
     assert statuses == {f"{m} {p} {t}": ("cached" if p == "fp32" else "built")
