@@ -9,6 +9,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, 
 
 from builder.core.errors import UserError
 from builder.models.registry import MAX_NUM_CLASSES  # the models bound it (see there); the spec states it
+from builder.models.registry import NAMED_WEIGHTS
 
 #: the ONNX opset we export: read by ONNX Runtime >= 1.14 and TensorRT 10's parser
 DEFAULT_OPSET = 18
@@ -259,7 +260,7 @@ def check_inputs(spec: ExportSpec) -> None:
         from builder.models.demo import check_variant
 
         check_variant(spec.model)
-    elif weights is not None and weights != "coco" and not weights.startswith(("http://", "https://")):
+    elif weights is not None and weights not in NAMED_WEIGHTS and not weights.startswith(("http://", "https://")):
         path = pathlib.Path(weights).expanduser()
         if path.is_dir():
             raise UserError(f"weights '{weights}' is a folder, not a checkpoint file")

@@ -63,6 +63,10 @@ def parameter_count(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> int
         return sum(p.numel() for p in construct(variant, num_classes).parameters())
 
 
+#: weights given by name rather than by file or URL (see resolve_weights)
+NAMED_WEIGHTS = ("coco", "demo")
+
+
 def resolve_weights(variant: str, weights: str) -> pathlib.Path:
     """A local file for a weights argument: a path, an http(s) URL, 'coco' (the published weights) or 'demo'."""
     from builder.models.download import fetch

@@ -78,7 +78,9 @@ def build_key(bundle_spec, stage: dict, gpu: Optional[str]) -> str:
 
 def _weights_digest(weights: Optional[str]) -> Optional[str]:
     # a URL or a named checkpoint stands for itself (this host may not reach it); a file by its content
-    if weights is None or "://" in weights or weights in ("coco", "demo"):
+    from builder.models.registry import NAMED_WEIGHTS
+
+    if weights is None or "://" in weights or weights in NAMED_WEIGHTS:
         return weights
     return _file_digest(weights)
 

@@ -286,8 +286,10 @@ def _path_options(options: dict) -> Iterable[tuple[str, Any]]:
 
 
 def _refuse_local(subject: str, option: str, value: Any) -> None:
+    from builder.models.registry import NAMED_WEIGHTS
+
     if isinstance(value, str) and (value.startswith(("http://", "https://"))
-                                   or option == "weights" and value in ("coco", "demo")):
+                                   or option == "weights" and value in NAMED_WEIGHTS):
         return
     raise UserError(f"release file: {subject} '{value}' is a local path, which no Kubernetes pod can read",
                     hint=LOCAL_PATH_HINT)

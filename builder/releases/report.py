@@ -17,7 +17,7 @@ def markdown(result) -> str:
              f"- index: `{result.index}`" if result.index else "- index: not pushed (a build failed)",
              f"- registry: `{spec.repository}`",
              f"- bundles: {len(result.planned)} ({len(result.built)} built, {len(result.cached)} cached, "
-             f"{len({p.key for p in result.failed})} failed)", "",
+             f"{result.failed_builds} failed)", "",
              markdown_table(COLUMNS, [[_cell(row[c]) for c in COLUMNS] for row in rows])]
     failures = [(p, row) for p, row in zip(result.planned, rows) if row["error"]]
     if failures:
@@ -43,7 +43,7 @@ padding:4px 8px;text-align:left}}tr.failed{{background:#fdd}}tr.cached{{color:#5
 </head><body>
 <h1>Release {e(spec.name)} {e(spec.version)}</h1>
 <p>Index: <code>{e(result.index or "not pushed (a build failed)")}</code><br>Registry: <code>{e(spec.repository)}</code><br>
-{len(result.planned)} bundles: {len(result.built)} built, {len(result.cached)} cached, {len({p.key for p in result.failed})} failed</p>
+{len(result.planned)} bundles: {len(result.built)} built, {len(result.cached)} cached, {result.failed_builds} failed</p>
 <table><tr>{head}</tr>{body}</table>
 {f"<h2>Failures</h2><ul>{failures}</ul>" if failures else ""}
 </body></html>

@@ -58,6 +58,11 @@ class ReleaseResult:
         return not self.dry_run and not self.failed and self.index is not None
 
     @property
+    def failed_builds(self) -> int:
+        """How many builds failed (a key shared by several bundles fails once)."""
+        return len({p.key for p in self.failed})
+
+    @property
     def built(self) -> list[str]:
         """The build keys built by this run (a key shared by several bundles is built once)."""
         return [k for k, o in self.outcomes.items() if o.status == "built"]
@@ -100,7 +105,7 @@ class ReleaseResult:
                          f"(dry run: nothing built)")
         else:
             lines.append(f"{len(self.built)} built, {len(self.cached)} cached, "
-                         f"{len({p.key for p in self.failed})} failed"
+                         f"{self.failed_builds} failed"
                          + (f"; index {self.index}" if self.index else "; no index pushed")
                          + (f"; report {self.report}" if self.report else ""))
         return "\n".join(lines)
@@ -134,10 +139,10 @@ def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Op
     from builder.core.files import check_folder_destination
 
     check_folder_destination(report_dir, force=True)  # an unwritable report folder fails before hours of builds
+    from builder.oci.index import find_bundle
+
     client = _client(spec)
     for key in dict.fromkeys(p.key for p in planned):
-        from builder.oci.index import find_bundle
-
         stored = find_bundle(client, BUILD_TAG_PREFIX + key)
         if stored is not None:
             result.outcomes[key] = Outcome("cached", stored.digest, stored.layer_size, stored.size,
@@ -223,7 +228,7 @@ def ray_cluster(address: Optional[str]):
     require("cluster", "ray")
     import ray
 
-    if ray.is_initialized():  # the caller's own connection (builder.releases() from a Ray driver)
+    if ray.is_initialized():  # the caller's own connection (builder.release() from a Ray driver)
         yield ray
         return
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
@@ -290,7 +295,8 @@ def _build_on_ray(spec: ReleaseSpec, builds: list[PlannedBundle], result: Releas
                     running[ref] = p
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 states = ray.get(board.snapshot.remote())
-                result.nodes.update(node_names(ray))
+                if any(state["node"] not in result.nodes for state in states.values()):  # a node not seen yet
+                    result.nodes.update(node_names(ray))
                 live.show([(p, states.get(p.key)) for p in running.values()], result.nodes)
                 for ref in done:
                     p = running.pop(ref)

@@ -271,7 +271,9 @@ def _text(value: Any) -> str:
 
 def _absolute(value: Any, base: pathlib.Path, option: str) -> Any:
     """A path option made absolute against `base`; URLs, 'coco' and 'demo' stay as they are."""
-    if not isinstance(value, str) or not value or "://" in value or (option == "weights" and value in ("coco", "demo")):
+    from builder.models.registry import NAMED_WEIGHTS
+
+    if not isinstance(value, str) or not value or "://" in value or (option == "weights" and value in NAMED_WEIGHTS):
         return value
     path = pathlib.Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).absolute())

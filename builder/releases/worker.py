@@ -22,11 +22,10 @@ class ProgressBoard:
         self.states: dict[str, dict[str, Any]] = {}
 
     def post(self, key: str, node: str, stage: str, started: bool = False) -> None:
-        state = self.states.setdefault(key, {"attempts": 0, "nodes": []})
+        state = self.states.setdefault(key, {"attempts": 0})
         if started:
             state["attempts"] += 1
-            state["nodes"].append(node)
-        state.update(node=node, stage=stage, at=time.time())
+        state.update(node=node, stage=stage)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return self.states

@@ -6,7 +6,13 @@ from typing import ClassVar, Optional
 
 #: a bundle built with --weights demo carries the demo scene here, and its README and usage run the client on it
 SAMPLE_IMAGE = "samples/shapes.jpg"
-DEMO_WEIGHTS = "demo"
+
+
+def sample_image(spec) -> Optional[str]:
+    """The demo scene's path in a bundle built with the demo weights, else None."""
+    from builder.models.demo import NAME
+
+    return SAMPLE_IMAGE if spec.export.weights == NAME else None
 
 
 class Target:
@@ -57,10 +63,10 @@ class Target:
         model = "" if spec.model_name == spec.export.model else f"{spec.export.model}, "
         return f"{spec.model_name} ({model}{spec.export.precision}, {spec.export.output_predictions_format} format"
 
-    @property
-    def sample_image(self) -> str:
-        """The image the usage and README show the client on: the demo scene a demo bundle carries."""
-        return SAMPLE_IMAGE if self.spec.export.weights == DEMO_WEIGHTS else "image.jpg"
+    def example_image(self, destination: pathlib.Path) -> str:
+        """The image the usage shows the client on: the demo scene a demo bundle carries, else a placeholder."""
+        sample = sample_image(self.spec)
+        return str(destination / sample) if sample else "image.jpg"
 
     @classmethod
     def served_model(cls, folder: pathlib.Path, manifest) -> pathlib.Path:

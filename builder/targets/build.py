@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from builder.targets.spec import (BundleSpec, TensorRTOptions, TritonOptions, check_bundle_inputs, merge,
                                   read_spec_file)
 from builder.core.errors import UserError, did_you_mean
-from builder.targets.base import DEMO_WEIGHTS, SAMPLE_IMAGE
+from builder.targets.base import sample_image
 from builder.core.log import notice, warn
 from builder.exporting.spec import ExportSpec
 
@@ -194,7 +194,7 @@ def template_context(spec: BundleSpec, result, class_names: list[str], model_fil
         "batch_size": fixed_batch, "request_batch": request_batch, "max_batch_size": spec.max_batch_size,
         "class_names": class_names, "preprocessing": dict(prep.__dict__), "resize": result.resize,
         "nms": nms_settings(result), "model_file": model_file,
-        "sample_image": SAMPLE_IMAGE if spec.export.weights == DEMO_WEIGHTS else None,
+        "sample_image": sample_image(spec),
         # what built the model (the stage's toolchain), plus the host's client library the Triton client pins
         "versions": {**stage_versions, **toolchain_versions(("tritonclient",))},
     })

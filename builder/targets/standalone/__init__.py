@@ -17,7 +17,7 @@ class StandaloneTarget(Target):
                     executable=("infer.py",))
 
     def usage(self, destination) -> str:
-        image = destination / self.sample_image if self.sample_image != "image.jpg" else "image.jpg"
+        image = self.example_image(destination)
         return "\n".join([
             f"Bundled {self.headline}) for ONNX Runtime in {destination}",
             "",

@@ -76,7 +76,7 @@ class TritonTarget(Target):
 
     def usage(self, destination) -> str:
         spec = self.spec
-        image = destination / self.sample_image if self.sample_image != "image.jpg" else "image.jpg"
+        image = self.example_image(destination)
         batching = (f"Triton batches up to {spec.max_batch_size} images" if spec.max_batch_size
                     else "Triton does not batch it (max_batch_size 0)")
         return "\n".join([
