@@ -11,14 +11,13 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import zlib
 
 import numpy as np
 import pytest
 
 import builder
-from builder.cli import main
+from cli_runs import assert_one_error_line, reader_argv, run_cli
 
 SMALL = ["--model", "ppyoloe_s", "--input-shape", "64x64"]
 
@@ -381,29 +380,6 @@ BROKEN_BUNDLES = [
 ]
 
 
-def _listing(folder: pathlib.Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")} if folder.exists() else set()
-
-
-def _run(argv: list[str], capsys, tmp_path: pathlib.Path, monkeypatch) -> tuple[int, list[str], str]:
-    """The command in this process; asserts nothing was left in the output folder, the inputs or TMPDIR."""
-    out, scratch = tmp_path / "out", tmp_path / "tmp"
-    out.mkdir()
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    monkeypatch.chdir(out)
-    watched = [out, scratch] + sorted({pathlib.Path(a).parent for a in argv if a.startswith(str(tmp_path.parent))})
-    before = {str(folder): _listing(folder) for folder in watched}
-    capsys.readouterr()
-    code = main(argv)
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    for folder in watched:
-        assert _listing(folder) == before[str(folder)], f"left behind in {folder}"
-    return code, errors, captured.err
-
-
 @pytest.fixture(scope="module")
 def nan_checkpoint(inputs):
     import torch
@@ -422,21 +398,13 @@ def test_a_bad_input_is_one_line_and_leaves_nothing(case_id, argv, expected, mes
                                                     capsys, tmp_path, monkeypatch):
     values = {"root": str(inputs["root"]), "out": str(tmp_path / "out"), "bundle": str(bundle)}
     argv = [a.format(**values) if "{" in a and "}" in a and not a.startswith("{%") else a for a in argv]
-    code, errors, stderr = _run(argv, capsys, tmp_path, monkeypatch)
-    assert code == expected, stderr
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    assert message.lower() in errors[0].lower(), errors[0]
+    assert_one_error_line(*run_cli(argv, capsys, tmp_path, monkeypatch), expected, message)
 
 
 @pytest.mark.parametrize("how, command, message", BROKEN_BUNDLES, ids=[c[0] for c in BROKEN_BUNDLES])
 def test_a_broken_bundle_is_one_line_for_every_reader(how, command, message, bundle, capsys, tmp_path, monkeypatch):
     broken = _broken(bundle, tmp_path.parent / f"{tmp_path.name}-in", how)
-    argv = {"verify": ["verify", str(broken)], "bench": ["bench", str(broken), "--duration", "0.1"],
-            "push": ["push", str(broken), "127.0.0.1:9/det:1", "--insecure"]}[command]
-    code, errors, stderr = _run(argv, capsys, tmp_path, monkeypatch)
-    assert code == 2, stderr
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    assert message.lower() in errors[0].lower(), errors[0]
+    assert_one_error_line(*run_cli(reader_argv(command, broken), capsys, tmp_path, monkeypatch), 2, message)
 
 
 def test_there_are_more_than_a_hundred_distinct_bad_inputs():

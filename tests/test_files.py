@@ -6,7 +6,8 @@ import threading
 import pytest
 
 from builder.core.errors import UserError
-from builder.core.files import atomic_file, rename_no_replace, staged_folder
+from builder.core.files import atomic_file, staged_folder
+from builder.core.renames import rename_no_replace
 
 
 def test_staged_folder_makes_missing_parents_like_mkdir_p(tmp_path):
@@ -126,3 +127,31 @@ def test_two_builder_processes_to_one_destination_never_lose_a_bundle(tmp_path):
     check_files(forced)
     assert json.loads((forced / "manifest.json").read_text())["target"] == "standalone"
     assert [p.name for p in plain.parent.iterdir()] == ["det"] and [p.name for p in forced.parent.iterdir()] == ["det"]
+
+
+def test_atomic_file_without_replace_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
+    destination = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match="already exists"):
+        with atomic_file(destination, replace=False) as f:
+            f.write(b"ours")
+            destination.write_bytes(b"the user's, written while we worked")
+    assert destination.read_bytes() == b"the user's, written while we worked"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no scratch left
+    destination.unlink()
+    with atomic_file(destination, replace=False) as f:
+        f.write(b"ours")
+    assert destination.read_bytes() == b"ours"
+
+
+def test_a_file_moves_without_replacing_also_where_renameat2_is_missing(tmp_path, monkeypatch):
+    import builder.core.renames
+    from builder.core.renames import move_file
+
+    monkeypatch.setattr(builder.core.renames, "_renameat2", lambda: None)  # an older C library
+    (tmp_path / "src").write_text("new")
+    (tmp_path / "dst").write_text("old")
+    with pytest.raises(UserError, match="already exists"):
+        move_file(tmp_path / "src", tmp_path / "dst", replace=False)
+    assert (tmp_path / "dst").read_text() == "old" and (tmp_path / "src").exists()
+    move_file(tmp_path / "src", tmp_path / "moved", replace=False)
+    assert (tmp_path / "moved").read_text() == "new" and not (tmp_path / "src").exists()

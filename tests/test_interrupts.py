@@ -309,16 +309,13 @@ def test_the_sweep_removes_only_the_leftovers_of_dead_builds_of_that_destination
     alive = _held_build(tmp_path / "out")
     # a build that runs on in another pid namespace (a container): its pid means nothing here, its lock does
     [alive_scratch] = [p for p in _scratch(tmp_path) if p.name.startswith(f".out.{alive.pid}.")]
-    alive_scratch = alive_scratch.rename(tmp_path / f".out.{_dead_pid()}.zzzz9999.staging")
-    left = tmp_path / f".out.{_dead_pid()}.abcd1234.tmp"
-    left.write_text("half")
-    young = tmp_path / f".out.{_dead_pid()}.efgh5678.staging"
-    young.mkdir()
-    others = [tmp_path / f".out2.{_dead_pid()}.abcd1234.staging", tmp_path / f".out.tar.gz.{_dead_pid()}.abcd1234.tmp",
-              tmp_path / ".out.precious", tmp_path / f".out.{os.getpid()}.ijkl9012.stage",  # a live process's
-              tmp_path / "out.1.abcd1234.staging"]
-    for path in others:
-        path.mkdir()
+    alive_scratch = _marked(alive_scratch.rename(tmp_path / f".out.{_dead_pid()}.zzzz9999.staging"))
+    _marked(tmp_path / f".out.{_dead_pid()}.abcd1234.tmp")
+    young = _marked(tmp_path / f".out.{_dead_pid()}.efgh5678.staging")
+    others = [_marked(tmp_path / f".out2.{_dead_pid()}.abcd1234.staging"),
+              _marked(tmp_path / f".out.tar.gz.{_dead_pid()}.abcd1234.tmp"),
+              _marked(tmp_path / ".out.precious"), _marked(tmp_path / f".out.{os.getpid()}.ijkl9012.stage"),  # alive
+              _marked(tmp_path / "out.1.abcd1234.staging")]
     _age([*_scratch(tmp_path), *others])
     _age([young], 0)
     try:
@@ -327,6 +324,41 @@ def test_the_sweep_removes_only_the_leftovers_of_dead_builds_of_that_destination
         assert (alive_scratch / "out" / "model.onnx").exists()
     finally:
         _killed(alive)
+
+
+def _marked(folder: pathlib.Path) -> pathlib.Path:
+    """`folder` as builder's scratch_folder marks what it makes (created where it does not exist)."""
+    from builder.core.files import SCRATCH_MARKER
+
+    folder.mkdir(exist_ok=True)
+    (folder / SCRATCH_MARKER).write_text(folder.name)
+    return folder
+
+
+def test_the_sweep_never_removes_what_builder_cannot_prove_it_made(tmp_path):
+    """Names alone prove nothing: a user's `.out.2024.backup.old` (a dead pid, a kind builder once used) stays,
+    and so do a folder whose marker names another folder, a marker that is a link, and plain files."""
+    from builder.core.files import SCRATCH_MARKER
+
+    users = [tmp_path / f".out.{_dead_pid()}.backup.old", tmp_path / f".out.{_dead_pid()}.backup.staging"]
+    for path in users:
+        path.mkdir()
+        (path / "notes.md").write_text("mine")
+    copied = tmp_path / f".out.{_dead_pid()}.copy1234.staging"
+    copied.mkdir()
+    (copied / SCRATCH_MARKER).write_text(f".out.{_dead_pid()}.other999.staging")
+    linked = tmp_path / f".out.{_dead_pid()}.link1234.staging"
+    linked.mkdir()
+    (linked / SCRATCH_MARKER).symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text(linked.name)
+    a_file = tmp_path / f".out.{_dead_pid()}.file1234.tmp"
+    a_file.write_text("a file is never builder's scratch")
+    ours = _marked(tmp_path / f".out.{_dead_pid()}.ours1234.staging")
+    _age([*_scratch(tmp_path)])
+    sweep_leftovers(tmp_path / "out")
+    assert sorted(_scratch(tmp_path)) == sorted([*users, copied, linked, a_file])
+    assert not ours.exists()
+    assert all((path / "notes.md").read_text() == "mine" for path in users)
 
 
 def test_killed_builds_keep_the_old_bundle_and_the_next_build_sweeps_up(tmp_path):
@@ -358,9 +390,9 @@ def test_killed_builds_keep_the_old_bundle_and_the_next_build_sweeps_up(tmp_path
 
 
 def test_without_renameat2_a_forced_rebuild_still_replaces_the_destination(tmp_path, monkeypatch):
-    import builder.core.files
+    import builder.core.renames
 
-    monkeypatch.setattr(builder.core.files, "_renameat2", lambda: None)  # an older C library
+    monkeypatch.setattr(builder.core.renames, "_renameat2", lambda: None)  # an older C library
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("old")
     with staged_folder(tmp_path / "out", force=True) as staging:

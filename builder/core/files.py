@@ -4,16 +4,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import os
 import pathlib
 import re
 import shutil
+import stat
 import tempfile
 import time
-from typing import Optional
 
 from builder.core.errors import UserError
+from builder.core.renames import move_file, rename_exchange, rename_no_replace
 
 #: how often a --force move retries when concurrent builds keep putting a destination back
 FORCE_MOVE_ATTEMPTS = 20
@@ -21,8 +21,11 @@ FORCE_MOVE_ATTEMPTS = 20
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 #: those that are the environment whichever file met them (a full TMPDIR too); EACCES and EPERM only on our paths
 _ALWAYS_ENVIRONMENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-#: what builds leave beside a destination while they run: `.NAME.PID.RANDOM.KIND`
-SCRATCH_KINDS = ("staging", "stage", "old", "tmp")
+#: what builds leave beside a destination while they run: folders `.NAME.PID.RANDOM.KIND`
+SCRATCH_KINDS = ("staging", "stage", "tmp", "pull", "build")
+#: the file inside every scratch folder that proves builder made it: it holds the folder's own name, so neither a
+#: user's entry that merely looks like scratch (`.out.2024.backup.old`) nor a copy of another's is ever swept
+SCRATCH_MARKER = ".builder-scratch"
 #: a leftover younger than this is spared: a build in another pid namespace may not have locked it yet
 STALE_AFTER_S = 5.0
 
@@ -116,10 +119,11 @@ def _scratch_prefix(destination: pathlib.Path) -> str:
 def sweep_leftovers(destination: pathlib.Path) -> None:
     """Remove what builds of `destination` that were killed (SIGKILL, a lost machine) left beside it.
 
-    A leftover is `.NAME.PID.RANDOM.KIND`. It is removed when its process is gone, it is older than
-    STALE_AFTER_S, and nobody holds its lock: a live build in another pid namespace (a container), whose pid
-    means nothing here, still holds its lock. Leftovers of builds that ran as pid 1 of a container wait for
-    a build that runs where that pid is free.
+    A leftover is a folder `.NAME.PID.RANDOM.KIND` that holds builder's marker naming it (SCRATCH_MARKER):
+    anything else, however scratch-like its name, is the user's and stays. It is removed when its process is
+    gone, it is older than STALE_AFTER_S, and nobody holds its lock: a live build in another pid namespace (a
+    container), whose pid means nothing here, still holds its lock. Leftovers of builds that ran as pid 1 of a
+    container wait for a build that runs where that pid is free.
     """
     from builder.core.log import notice
 
@@ -135,25 +139,40 @@ def sweep_leftovers(destination: pathlib.Path) -> None:
         if match is None or _process_alive(int(match[1])):
             continue
         path = pathlib.Path(entry.path)
+        if not _made_by_builder(path):
+            continue
         try:
             age = time.time() - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
         if age < STALE_AFTER_S or _held(path):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        shutil.rmtree(path, ignore_errors=True)
         if not os.path.lexists(path):
             notice(f"removed '{path}', left by a build (process {match[1]}) that did not finish")
+
+
+def _made_by_builder(path: pathlib.Path) -> bool:
+    """Whether `path` is a real folder (no link) holding builder's marker with the folder's own name."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        fd = os.open(path / SCRATCH_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4096) == os.fsencode(path.name)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def scratch_folder(destination: pathlib.Path, kind: str):
     """Yields a new folder `.NAME.PID.RANDOM.KIND` beside `destination` for a build's temporary files, removed
-    at the end; locked meanwhile. What a killed build leaves there the next build of `destination` sweeps."""
+    at the end; locked meanwhile, and marked as builder's (SCRATCH_MARKER). What a killed build leaves there the
+    next build of `destination` sweeps."""
     destination = pathlib.Path(destination)
     if kind not in SCRATCH_KINDS:
         raise ValueError(f"scratch kind {kind!r}: one of {SCRATCH_KINDS}")
@@ -162,6 +181,7 @@ def scratch_folder(destination: pathlib.Path, kind: str):
                                            dir=destination.absolute().parent))
     lock = None
     try:
+        (folder / SCRATCH_MARKER).write_bytes(os.fsencode(folder.name))
         lock = os.open(folder, os.O_RDONLY)
         _lock(lock)
         yield folder
@@ -204,33 +224,44 @@ def parents_made(destination: pathlib.Path):
 
 
 @contextlib.contextmanager
-def atomic_file(destination: pathlib.Path, mode: int = 0o644):
-    """Yields a binary file beside `destination`, renamed onto it when the block succeeds."""
+def atomic_file(destination: pathlib.Path, mode: int = 0o644, replace: bool = True):
+    """Yields a binary file beside `destination` (in a scratch folder of its own), moved onto it when the block
+    succeeds. `replace=False` never replaces a file that is at `destination` by then, whenever it appeared:
+    the move is refused with the hint to pass --force, and nothing is left."""
     destination = pathlib.Path(destination)
-    with parents_made(destination):
-        sweep_leftovers(destination)
-        fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(destination), suffix=".tmp", dir=destination.parent)
-        try:
-            _lock(fd)
-            with os.fdopen(fd, "wb") as f:
-                yield f
-            os.chmod(tmp, mode)
-            os.replace(tmp, destination)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    with parents_made(destination), scratch_folder(destination, "tmp") as scratch:
+        tmp = scratch / (destination.name or "file")
+        with open(tmp, "xb") as f:
+            yield f
+        os.chmod(tmp, mode)
+        move_file(tmp, destination, replace)
 
 
 def check_folder_destination(destination: pathlib.Path, force: bool) -> pathlib.Path:
-    """Refuse a destination that exists (unless `force`), is not a folder, or has a file in its path."""
+    """Refuse a destination that exists (unless `force`), is not a folder, has a file in its path, or is the
+    current folder or one above it (never replaced, even with `force`)."""
     destination = pathlib.Path(destination)
+    if _holds_the_current_folder(destination):
+        raise UserError(f"'{destination}' is the current folder or a folder above it, which cannot be replaced",
+                        hint="name a folder to create, or one to replace with --force")
     if destination.exists() and not force:
         raise UserError(f"'{destination}' already exists", hint="pass --force to replace it")
     if destination.exists() and not destination.is_dir():
         raise UserError(f"'{destination}' exists and is not a folder")
     check_writable(destination)
     return destination
+
+
+def _holds_the_current_folder(destination: pathlib.Path) -> bool:
+    """Whether a folder build would move something onto the current folder or one above it: a rename onto '.',
+    '..' or '/' fails (EBUSY), and one onto the current folder by its full name would swap it away with --force.
+    A link's own name is the destination, not what it points at (a build replaces the link)."""
+    try:
+        here, path = pathlib.Path.cwd(), pathlib.Path(destination).absolute()
+    except OSError:  # the current folder is gone: nothing can be it
+        return False
+    place = path.resolve() if path.name in ("", "..") else path.parent.resolve() / path.name
+    return place == here or place in here.parents
 
 
 def check_writable(destination: pathlib.Path) -> None:
@@ -255,75 +286,6 @@ def check_model_destination(destination: pathlib.Path) -> pathlib.Path:
     return destination
 
 
-@functools.cache
-def _renameat2():
-    import ctypes  # here: the CLI imports this module at start, and ctypes is most of its cost
-
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return function
-
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-
-
-def _rename_at(source: pathlib.Path, destination: pathlib.Path, flags: int) -> Optional[int]:
-    """renameat2(source, destination, flags): 0 when done, the errno when it failed, None where the C library
-    or the filesystem lacks the call (the caller falls back)."""
-    import ctypes
-
-    function = _renameat2()
-    if function is None:
-        return None
-    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), flags) == 0:
-        return 0
-    code = ctypes.get_errno()
-    return None if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP) else code
-
-
-def rename_no_replace(source: pathlib.Path, destination: pathlib.Path) -> None:
-    """Move `source` to `destination` in one step, or raise FileExistsError if anything is there.
-
-    renameat2(RENAME_NOREPLACE) makes the check and the move one atomic operation in the kernel, so a
-    folder that appears at `destination` at any moment during a build is never replaced. Where the call or
-    the filesystem lacks it, an exclusive mkdir claims the name first and the rename replaces only that
-    empty folder of ours (a rename onto a non-empty folder fails, so content put there is never lost).
-    """
-    code = _rename_at(source, destination, _RENAME_NOREPLACE)
-    if code == 0:
-        return
-    if code == errno.EEXIST:
-        raise FileExistsError(code, os.strerror(code), str(destination))
-    if code is not None:
-        raise OSError(code, os.strerror(code), str(destination))
-    os.mkdir(destination)  # FileExistsError when taken
-    try:
-        os.replace(source, destination)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.rmdir(destination)
-        raise
-
-
-def rename_exchange(source: pathlib.Path, destination: pathlib.Path) -> bool:
-    """Swap `source` and `destination` in one step (renameat2 RENAME_EXCHANGE): a reader, or a kill at any
-    moment, finds one of the two whole at `destination`. False where the call or the filesystem lacks it;
-    FileNotFoundError when `destination` is gone."""
-    code = _rename_at(source, destination, _RENAME_EXCHANGE)
-    if code is None:
-        return False
-    if code == errno.ENOENT:
-        raise FileNotFoundError(code, os.strerror(code), str(destination))
-    if code:
-        raise OSError(code, os.strerror(code), str(source), None, str(destination))
-    return True
-
-
 def _move_into_place(staging: pathlib.Path, destination: pathlib.Path, force: bool) -> None:
     """`staging` becomes `destination`; with `force` what was there ends up at `staging`, for the caller to remove."""
     for _ in range(FORCE_MOVE_ATTEMPTS):
@@ -340,7 +302,7 @@ def _move_into_place(staging: pathlib.Path, destination: pathlib.Path, force: bo
             continue  # a concurrent build moved it away first
         # no exchange here: move what is there aside, then try again (a concurrent build may put one back);
         # a kill in between leaves the old one in the scratch folder, for the next build's sweep
-        aside = staging.with_name(f"{staging.name}.old")
+        aside = staging.with_name(f"{staging.name}.aside")
         try:
             os.replace(destination, aside)
         except FileNotFoundError:
