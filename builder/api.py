@@ -9,35 +9,29 @@ def export(model_or_name: Any, output: str | pathlib.Path, *, runner: str = "loc
            gpus: bool = False, pull: bool = False, force: bool = True, **options: Any):
     """Export a model (a `Detector` or a variant name) to one ONNX file; returns an `ExportResult`.
 
-    Options are the fields of `ExportSpec`, with SuperGradients' names. `runner="docker"` (or "auto") runs
-    the export in the pinned builder image; a model object can only be exported here (`runner="local"`).
+    Options are the fields of `ExportSpec`, with SuperGradients' names. An export by name runs in the export
+    stage, as `builder bundle` does, on the runner chosen (`local`: this process; `docker` or `auto`: the
+    pinned builder image). A model object, or a module or calibration loader given as an option, can only
+    be exported in this process (`runner="local"`).
     An existing `output` is replaced (atomically) by default, because SuperGradients-style code calls
     `model.export("m.onnx")` again and again on one path; `force=False` refuses it, as `builder export`
-    does without --force.
+    does without --force, also when the file appears while the export runs.
     """
     from builder.core.errors import UserError
     from builder.runners import export_with_runner, select_runner
+    from builder.stage.export import export_prepared, prepare_export
 
     destination = pathlib.Path(output)
     if not force and (destination.exists() or destination.is_symlink()):
         raise UserError(f"'{output}' already exists", hint="pass --force to replace it")
-    if runner != "local":
-        if not isinstance(model_or_name, str):
-            raise UserError("only a model name can be exported in a container: use runner='local' for a model "
-                            "object")
-        from builder.core.files import check_model_destination
-        from builder.exporting.spec import ExportSpec, check_inputs
-
-        # bad options, inputs and destinations fail before a runner is chosen
-        spec = ExportSpec.create(model=model_or_name, **options)
-        check_inputs(spec)
-        check_model_destination(destination)
-        chosen = select_runner(runner, image, gpus, pull, needs_gpu=spec.serving.builds_plan)
-        if chosen.name != "local":
-            return export_with_runner(chosen, output, model=model_or_name, **options)
-    from builder.stage.export import export as export_here
-
-    return export_here(model_or_name, output, **options)
+    prepared = prepare_export(model_or_name, destination, options)  # bad options fail before a runner is chosen
+    if prepared.in_process_only:
+        if runner != "local":
+            raise UserError("a model object, a pre- or postprocessing module or a calibration loader can only be "
+                            "exported in this process", hint="use runner='local', or export by model name")
+        return export_prepared(prepared, destination, replace=force)
+    chosen = select_runner(runner, image, gpus, pull, needs_gpu=prepared.spec.serving.builds_plan)
+    return export_with_runner(chosen, destination, prepared.spec, replace=force)
 
 
 def bundle(output: str | pathlib.Path | None = None, **options: Any):
@@ -48,16 +42,20 @@ def bundle(output: str | pathlib.Path | None = None, **options: Any):
 
 
 def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Optional[str] = None,
-           url: Optional[str] = None, protocol: str = "http", count: int = 32, report: Optional[str] = None):
+           url: Optional[str] = None, protocol: str = "http", count: int = 32, report: Optional[str] = None,
+           force: bool = False):
     """Compare a bundle's model with the PyTorch model it was built from (`builder verify`); a VerifyResult.
 
-    `report` writes the side-by-side detections (.html or .png). The result's `passed` is the gate.
+    `report` writes the side-by-side detections (.html or .png); an existing file there is replaced only with
+    `force`. The result's `passed` is the gate.
     """
-    from builder.verification.verify import verify as run_verify, write_report
+    from builder.verification.verify import check_report_destination, verify as run_verify, write_report
 
+    if report:
+        check_report_destination(report, force)  # before the images are run, not after
     result = run_verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count)
     if report:
-        result.report_path = write_report(result, report)
+        result.report_path = write_report(result, report, force)
     return result
 
 

@@ -66,3 +66,47 @@ def test_a_file_in_the_output_path_is_refused_before_anything_is_written(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["no"]
 
 
+
+
+def _appearing(monkeypatch, module, name: str, path, content: bytes) -> None:
+    """`module.name` wrapped so that `path` appears (written by someone else) once it has run: a file that turns up
+    at the output while the export works."""
+    real = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        done = real(*args, **kwargs)
+        path.write_bytes(content)
+        return done
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_export_never_replaces_a_file_that_appears_at_the_output_while_it_works(tmp_path, monkeypatch, capsys):
+    """--force is checked up front, and the final move is a no-replace rename: the file that appeared is kept.
+    (In this process: torch keeps its own caches in TMPDIR, so the leftovers checked are the output folder's.)"""
+    import builder.stage
+    from builder.cli import main
+
+    output = tmp_path / "m.onnx"
+    _appearing(monkeypatch, builder.stage, "run_stage", output, b"the user's own model")
+    argv = ["export", "--model", "ppyoloe_s", "--input-shape", "64x64", "--runner", "local", "--output", str(output)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: '{output}' already exists (pass --force to replace it)"
+    assert output.read_bytes() == b"the user's own model" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    assert main([*argv, "--force"]) == 0
+    assert output.read_bytes().startswith(b"\x08")  # an ONNX ModelProto (field 1, ir_version), not the user's bytes
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_a_model_object_exported_without_force_never_replaces_a_file_that_appeared_meanwhile(tmp_path, monkeypatch):
+    import builder
+    import builder.exporting.graphs
+    from builder.core.errors import UserError
+    from builder.models.registry import construct
+
+    output = tmp_path / "m.onnx"
+    _appearing(monkeypatch, builder.exporting.graphs, "finalize", output, b"the user's own model")
+    with pytest.raises(UserError, match="already exists"):
+        builder.export(construct("ppyoloe_s", 2), output, input_image_shape=(64, 64), force=False)
+    assert output.read_bytes() == b"the user's own model" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

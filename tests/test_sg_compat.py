@@ -22,7 +22,7 @@ from builder.compat import DetectionOutputFormatMode, ExportQuantizationMode, Ex
 from builder.core.errors import UserError
 from builder.core.images import CALIBRATION_PHOTOS, builtin_photos, fit_to_input, to_network_input
 from builder.models.registry import family_of
-from builder.stage.export import FirstBatches, supergradients_options
+from builder.stage.supergradients import FirstBatches, supergradients_options
 from builder.stage.result import ExportResult, ModelPath
 from reference_weights import lively_model
 

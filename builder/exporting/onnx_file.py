@@ -49,11 +49,12 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def save_atomically(model: onnx.ModelProto, destination: pathlib.Path) -> None:
-    """Write next to the destination, then rename: readers see the old file or the whole new one."""
+def save_atomically(model: onnx.ModelProto, destination: pathlib.Path, replace: bool = True) -> None:
+    """Write next to the destination, then rename: readers see the old file or the whole new one. `replace=False`
+    refuses a file that is at the destination by then."""
     from builder.core.files import atomic_file, check_model_destination
 
-    with atomic_file(check_model_destination(destination)) as f:
+    with atomic_file(check_model_destination(destination), replace=replace) as f:
         f.write(model.SerializeToString())
 
 

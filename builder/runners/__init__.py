@@ -64,20 +64,24 @@ def select_runner(runner: str = "auto", image: Optional[str] = None, gpus: bool 
     return LocalRunner()
 
 
-def export_with_runner(runner, output: str | pathlib.Path, **options):
-    """`builder export` with the stage in a container: the same ONNX file, moved into place when it is whole."""
+def export_with_runner(runner, output: str | pathlib.Path, spec: ExportSpec, replace: bool = True):
+    """An export by name through the export stage, on any runner: the stage's ONNX file, moved into place when it
+    is whole (`replace=False`: never onto a file that appeared meanwhile), and its accuracy report beside it."""
     import dataclasses
-    import os
+    import time
 
     from builder.core.files import check_model_destination, parents_made, scratch_folder
+    from builder.core.renames import move_file
     from builder.stage.result import save_report
 
     output = check_model_destination(pathlib.Path(output))
-    spec = ExportSpec.create(**options)
-    with parents_made(output), scratch_folder(output, "stage") as stage_dir:  # swept if this process is killed
+    started = time.monotonic()
+    with parents_made(output), scratch_folder(output, "stage") as scratch:  # swept if this process is killed
+        stage_dir = scratch / "stage"  # a folder of its own: a runner may keep files beside it (the docker spec)
+        stage_dir.mkdir()
         outcome = runner.run(spec, stage_dir)
-        os.replace(outcome.model, output)
-    result = dataclasses.replace(outcome.result, output=output.resolve())
+        move_file(outcome.model, output, replace)
+    result = dataclasses.replace(outcome.result, output=output.resolve(), export_seconds=time.monotonic() - started)
     if result.accuracy_report is not None:
         save_report(result.accuracy_report, output)
     return result
