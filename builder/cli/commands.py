@@ -177,8 +177,9 @@ def pull_command(reference: str, destination: str, insecure: bool, force: bool, 
 @click.option("--namespace", default=None, help="Kubernetes namespace of the RayJob (--emit). [default: none]")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="File for --emit's manifests. [default: standard output]")
+@click.option("--force", is_flag=True, help="Replace an existing --output file (--emit).")
 def release_command(release_file, dry_run, cluster, address, max_parallel, report_dir, emit, image, namespace,
-                    output) -> None:
+                    output, force) -> None:
     """Build every bundle of a release matrix on a Ray cluster and push them with one index.
 
     Bundles whose build key is in the registry already are not built again. Exit code 4 when a build
@@ -190,19 +191,24 @@ def release_command(release_file, dry_run, cluster, address, max_parallel, repor
         raise UserError("--cluster local and --address exclude each other")
     if emit is None and (image or namespace or output):
         raise UserError("--image, --namespace and --output go with --emit kuberay")
+    if force and output is None:
+        raise UserError("--force replaces --output's file: give -o FILE")
     if emit is not None:
         if dry_run or address or cluster or max_parallel or report_dir:
             raise UserError("--emit writes manifests only: drop --dry-run, --cluster, --address, --max-parallel "
                             "and --report-dir")
-        text = emit_kuberay(release_file, image, namespace)
-        if output is None:
-            click.echo(text, nl=False)
-            return
         import pathlib
 
         from builder.core.files import atomic_file
 
-        with atomic_file(pathlib.Path(output)) as f:
+        destination = None if output is None else pathlib.Path(output)
+        if destination is not None and not force and (destination.exists() or destination.is_symlink()):
+            raise UserError(f"'{output}' already exists", hint="pass --force to replace it")
+        text = emit_kuberay(release_file, image, namespace)
+        if destination is None:
+            click.echo(text, nl=False)
+            return
+        with atomic_file(destination, replace=force) as f:  # refused too when a file appeared there meanwhile
             f.write(text.encode("utf-8"))
         click.echo(f"wrote {output}", err=True)
         return
@@ -223,8 +229,9 @@ def release_command(release_file, dry_run, cluster, address, max_parallel, repor
 @click.option("--url", help="Verify through the bundle's client against a running Triton server (host:port).")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option("--report", metavar="FILE", help="Write reference and bundle detections side by side: .html or .png.")
+@click.option("--force", is_flag=True, help="Replace an existing --report file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
-def verify_command(bundle, images, count, weights, url, protocol, report, as_json) -> None:
+def verify_command(bundle, images, count, weights, url, protocol, report, force, as_json) -> None:
     """Run the bundle on real images and compare it with the PyTorch model it was built from.
 
     Exit code 3 when it misses its precision's thresholds (recall, precision, box and score deviation).
@@ -232,7 +239,10 @@ def verify_command(bundle, images, count, weights, url, protocol, report, as_jso
     from builder.api import verify
     from builder.core.errors import GateFailed
 
-    result = verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count, report=report)
+    if force and report is None:
+        raise UserError("--force replaces --report's file: give --report FILE")
+    result = verify(bundle, images=images, weights=weights, url=url, protocol=protocol, count=count, report=report,
+                    force=force)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())
     if result.report_path is not None:
         click.echo(f"report: {result.report_path}", err=True)
@@ -242,7 +252,10 @@ def verify_command(bundle, images, count, weights, url, protocol, report, as_jso
 
 @cli.command("bench")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--batch-sizes", default="1,2,4,8", show_default=True, metavar="N,N,...", help="Batch sizes to time.")
+@click.option("--batch-sizes", default="1,2,4,8", show_default=True, metavar="N,N,...",
+              # the bounds of a fixed-batch export (builder.exporting.spec), written out: --help imports no spec
+              help="Batch sizes to time: each at most 1024, and batch x height x width at most 64 images of "
+                   "640x640.")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads. [default: ONNX Runtime's]")
 @click.option("--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per batch size.")
 @click.option("--url", help="Time the model through a running Triton server (host:port) instead.")

@@ -1,9 +1,14 @@
 """`builder bundle`: spec -> export -> rendered files -> checks -> manifest -> atomic move into place."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import pathlib
+import shutil
+import stat
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -82,59 +87,120 @@ def bundle(output: str | pathlib.Path | None = None, spec_file: str | pathlib.Pa
     destination = pathlib.Path(output) if output is not None else pathlib.Path(DEFAULT_OUTPUT_ROOT) / spec.model_name
     check_folder_destination(destination, force)
     archive_path = destination.with_name(destination.name + ".tar.gz") if archive else None
-    if archive_path is not None and archive_path.exists() and not force:
-        raise UserError(f"'{archive_path}' already exists", hint="pass --force to replace it")
+    if archive_path is not None:
+        check_archive_destination(archive_path, force)
     chosen = select_runner(runner, image, gpus, pull, needs_gpu=spec.export.serving.builds_plan)
     return build_bundle(spec, destination, force, archive_path, chosen)
 
 
 def build_bundle(spec: BundleSpec, destination: pathlib.Path, force: bool,
                  archive_path: Optional[pathlib.Path], runner) -> BundleResult:
-    import shutil
-    import tempfile
-
+    """Build into a staging folder and move it into place; with `archive_path` the archive follows the folder, so
+    the two land together or not at all (a folder whose archive cannot follow it is taken back)."""
     from builder.core.archive import write_archive
-    from builder.core.manifest import write_manifest
+    from builder.core.files import parents_made, scratch_folder, staged_folder
     from builder.targets.render import Renderer
-    from builder.core.files import staged_folder
 
     target = spec.target_class(spec)
     renderer = Renderer(spec.templates)  # a bad override folder fails before the (slow) export
     labels = read_labels(spec.labels) if spec.labels is not None else None
-    with staged_folder(destination, force) as staging:
-        stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".stage",
-                                                  dir=staging.parent))
-        try:
-            notice(f"exporting {spec.export.model} ({spec.export.precision}) with the {runner.name} runner ...")
-            engine = spec.engine_profile if spec.export.serving.builds_plan else None
-            outcome = runner.run(spec.export, stage_dir, engine)
-            for produced, relative in target.stage_files(outcome).items():
-                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(produced, staging / relative)
-        finally:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-        result = outcome.result
-        class_names = resolve_class_names(spec, result, labels)
-        context = template_context(spec, result, class_names, target.model_file, outcome.versions)
-        target.render(renderer, copy.deepcopy(context), staging)  # what rendering does stays out of the manifest
-        if context["sample_image"]:
-            from builder.models.demo import IMAGE
-
-            (staging / context["sample_image"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(IMAGE, staging / context["sample_image"])
-        _write(staging / "build.yaml", spec.to_yaml())
-        if result.accuracy_report is not None:
-            report = {k: v for k, v in result.accuracy_report.items() if k != "path"}
-            _write(staging / "accuracy.json", json.dumps(report, indent=2) + "\n")
-        description = manifest_description(spec, result, class_names, context["versions"])
-        description["stage"] = outcome.environment
-        if outcome.engine is not None:
-            description["tensorrt"] = outcome.engine
-        manifest = write_manifest(staging, description)
-        if archive_path is not None:  # its top folder is named like the destination, not the staging folder
-            write_archive(staging, archive_path, root=destination.name)
+    with contextlib.ExitStack() as stack:
+        archive_file = None
+        if archive_path is not None:  # made in a scratch folder of its own, which outlives the folder's staging
+            stack.enter_context(parents_made(archive_path))
+            archive_file = stack.enter_context(scratch_folder(archive_path, "tmp")) / archive_path.name
+        with staged_folder(destination, force) as staging:
+            manifest = _fill(spec, target, renderer, labels, runner, staging)
+            if archive_file is not None:  # its top folder is named like the destination, not the staging folder
+                write_archive(staging, archive_file, root=destination.name)
+                check_archive_destination(archive_path, force)  # the last look before the folder lands
+                landed = os.stat(staging)
+        if archive_file is not None:
+            _place_archive(archive_file, archive_path, force, destination, landed)
     notice(f"bundle written to {destination}" + (f" (archive {archive_path})" if archive_path else ""))
     return BundleResult(destination.resolve(), spec, manifest, archive_path, target.usage(destination))
+
+
+def _fill(spec: BundleSpec, target, renderer, labels: Optional[list[str]], runner,
+          staging: pathlib.Path) -> "BundleManifest":
+    """Export the model and render the bundle's files into `staging`; returns the manifest written there."""
+    from builder.core.manifest import write_manifest
+
+    stage_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{staging.name}.", suffix=".stage", dir=staging.parent))
+    try:
+        notice(f"exporting {spec.export.model} ({spec.export.precision}) with the {runner.name} runner ...")
+        engine = spec.engine_profile if spec.export.serving.builds_plan else None
+        outcome = runner.run(spec.export, stage_dir, engine)
+        for produced, relative in target.stage_files(outcome).items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(produced, staging / relative)
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    result = outcome.result
+    class_names = resolve_class_names(spec, result, labels)
+    context = template_context(spec, result, class_names, target.model_file, outcome.versions)
+    target.render(renderer, copy.deepcopy(context), staging)  # what rendering does stays out of the manifest
+    if context["sample_image"]:
+        from builder.models.demo import IMAGE
+
+        (staging / context["sample_image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(IMAGE, staging / context["sample_image"])
+    _write(staging / "build.yaml", spec.to_yaml())
+    if result.accuracy_report is not None:
+        report = {k: v for k, v in result.accuracy_report.items() if k != "path"}
+        _write(staging / "accuracy.json", json.dumps(report, indent=2) + "\n")
+    description = manifest_description(spec, result, class_names, context["versions"])
+    description["stage"] = outcome.environment
+    if outcome.engine is not None:
+        description["tensorrt"] = outcome.engine
+    return write_manifest(staging, description)
+
+
+def check_archive_destination(archive_path: pathlib.Path, force: bool) -> None:
+    """Refuse what is at the archive's path: anything without `force`; with it, a folder (a file never replaces
+    one)."""
+    try:
+        mode = os.lstat(archive_path).st_mode
+    except FileNotFoundError:
+        return
+    if not force:
+        raise UserError(f"'{archive_path}' already exists", hint="pass --force to replace it")
+    if stat.S_ISDIR(mode):
+        raise UserError(f"'{archive_path}' exists and is not a file")
+
+
+def _place_archive(archive_file: pathlib.Path, archive_path: pathlib.Path, force: bool, destination: pathlib.Path,
+                   landed: os.stat_result) -> None:
+    """Move the archive beside the bundle folder that has just landed. Where it cannot go (its name was taken at
+    the last moment), the folder is taken back, so that no folder is left without the archive asked for."""
+    from builder.core.renames import move_file
+
+    try:
+        try:
+            move_file(archive_file, archive_path, replace=force)
+        except IsADirectoryError:  # with --force: a folder appeared there at the last moment
+            raise UserError(f"'{archive_path}' exists and is not a file") from None
+    except BaseException:
+        _take_back(destination, landed, archive_file.parent)
+        raise
+
+
+def _take_back(destination: pathlib.Path, landed: os.stat_result, scratch: pathlib.Path) -> None:
+    """Remove the folder this build placed at `destination` (the one whose identity is `landed`); a folder that
+    another process put there meanwhile is given back its place."""
+    from builder.core.renames import rename_no_replace
+
+    taken = scratch / "taken-back"
+    try:
+        rename_no_replace(destination, taken)
+    except OSError:
+        return  # gone, or not a folder of ours to move
+    now = os.lstat(taken)
+    if (now.st_dev, now.st_ino) != (landed.st_dev, landed.st_ino):
+        with contextlib.suppress(OSError):
+            rename_no_replace(taken, destination)
+        return
+    shutil.rmtree(taken, ignore_errors=True)
 
 
 def read_labels(path: str) -> list[str]:
