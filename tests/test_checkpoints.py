@@ -113,9 +113,10 @@ def test_url_weights_download_into_the_cache_with_size_and_sha256(tmp_path, file
     _assert_same(model, _small_state())
     [cached] = [p for p in weights_cache.iterdir() if p.suffix == ".pth"]
     record = json.loads(cached.with_name(cached.name + ".json").read_text())
-    assert record == {"url": url, "size": len(blob), "sha256": sha256_of(tmp_path / "w.pth")}
-    models.get("ppyoloe_s", checkpoint_path=url)  # second time: from the cache
-    assert len(file_server.requests) == 1
+    assert record == {"url": url, "size": len(blob), "sha256": sha256_of(tmp_path / "w.pth"),
+                      "etag": file_server.etag("models/w.pth"), "last_modified": None}
+    models.get("ppyoloe_s", checkpoint_path=url)  # second time: from the cache, which the server says is current
+    assert file_server.answers == [("models/w.pth", 200), ("models/w.pth", 304)]
 
 
 def test_interrupted_download_resumes_from_where_it_stopped(file_server, weights_cache):

@@ -45,14 +45,18 @@ RANDOM_WEIGHTS_SEED = 0
 def construct(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> "Detector":
     """The variant with fresh (random) weights, in training form."""
     family = family_of(variant)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= MAX_NUM_CLASSES:
-        raise UserError(f"num_classes must be an integer from 1 to {MAX_NUM_CLASSES}, got {num_classes!r}")
+    _check_num_classes(num_classes)
     model = family.builder(variant)(num_classes)
     model.variant = variant
     model.family = family
     model.num_classes = num_classes
     model.class_names = None
     return model
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= MAX_NUM_CLASSES:
+        raise UserError(f"num_classes must be an integer from 1 to {MAX_NUM_CLASSES}, got {num_classes!r}")
 
 
 def parameter_count(variant: str, num_classes: int = DEFAULT_NUM_CLASSES) -> int:
@@ -117,6 +121,8 @@ def build(variant: str, num_classes: int | None = None, checkpoint_path: str | N
     if unknown:
         raise UserError(f"unknown option(s) for models.get: {', '.join(sorted(unknown))}")
     family_of(variant)
+    if num_classes is not None:  # 0 is a class count like any other, not "not given": refused, not replaced by 80
+        _check_num_classes(num_classes)
     if checkpoint_path and pretrained_weights:
         raise UserError("give either checkpoint_path or pretrained_weights, not both")
     weights = checkpoint_path or pretrained_weights
@@ -131,7 +137,16 @@ def build(variant: str, num_classes: int | None = None, checkpoint_path: str | N
         return model.eval()
 
     path = resolve_weights(variant, str(weights))
-    checkpoint = read_checkpoint(path)
+    try:
+        checkpoint = read_checkpoint(path)
+    except UserError as e:
+        from builder.models.download import forget
+
+        if not forget(path):
+            raise
+        # a download that is no checkpoint (an error text, a cut file) must not stay cached as if it were one
+        raise UserError(str(e), hint="; ".join(filter(None, (e.hint, "removed from the weights cache: the next "
+                                                                      "run downloads it again")))) from None
     state = extract_state_dict(checkpoint)
     found = num_classes_in(variant, state)
     model = construct(variant, num_classes or found or DEFAULT_NUM_CLASSES)

@@ -65,7 +65,7 @@ def build_key(bundle_spec, stage: dict, gpu: Optional[str]) -> str:
 
     spec = bundle_spec.model_dump(mode="json")
     export = spec["export"]
-    export["weights"] = _weights_digest(export["weights"])
+    export["weights"] = _weights_digest(export["weights"], export["model"])
     for option in ("calibration_images", "report_images"):
         export[option] = _folder_digest(export[option])
     spec["labels"] = _file_digest(spec["labels"])
@@ -76,12 +76,16 @@ def build_key(bundle_spec, stage: dict, gpu: Optional[str]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _weights_digest(weights: Optional[str]) -> Optional[str]:
-    # a URL or a named checkpoint stands for itself (this host may not reach it); a file by its content
-    from builder.models.registry import NAMED_WEIGHTS
-
-    if weights is None or "://" in weights or weights in NAMED_WEIGHTS:
+def _weights_digest(weights: Optional[str], variant: str) -> Optional[str]:
+    """Weights by their content: a file's, and what a URL (or 'coco', which is one) serves now, fetched through the
+    cache, which asks the server whether the file changed; a changed file at the same URL is a new key. 'demo' is
+    builder's own checkpoint, whose sha256 builder pins: its name stands for it."""
+    if weights is None or weights == "demo":
         return weights
+    if "://" in weights or weights == "coco":
+        from builder.models.registry import resolve_weights
+
+        return _file_digest(str(resolve_weights(variant, weights)))
     return _file_digest(weights)
 
 
