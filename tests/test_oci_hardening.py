@@ -41,7 +41,9 @@ DESCRIPTION = {
 # a long non-ASCII name makes the archive carry a pax header, which the unpack bound must allow for
 LONG_NAME = "client/" + "é" * 90 + ".txt"
 FILES = {"README.md": b"# det\n", "model/1/model.onnx": bytes(range(256)) * 64, "model/labels.txt": b"cat\ndog\n",
-         LONG_NAME: b"long\n"}
+         LONG_NAME: b"long\n",
+         # what push holds manifest.json to: the options the bundle was built with
+         "build.yaml": b"target: standalone\nname: det\nexport: {model: yolo_nas_s}\n"}
 
 
 def make_bundle(folder: pathlib.Path, files: dict[str, bytes] = FILES) -> pathlib.Path:
@@ -518,3 +520,150 @@ def test_an_upload_without_a_location_is_one_line(fake, bundle):
     fake.answers["/v2/models/det/blobs/uploads/"] = lambda h: send(h, 202, b"")
     with pytest.raises(UserError, match=f"registry {fake.address} started an upload without saying where"):
         push(bundle, f"{fake.address}/models/det:1", insecure=True)
+
+
+# --- 7. a killed pull leaves only scratch that the next pull of its destination sweeps -------------------
+
+
+def _aged(paths, seconds: float = 60.0) -> None:
+    """Make leftovers look as old as a pull that died a while ago (the sweep spares young ones)."""
+    for path in paths:
+        past = time.time() - seconds
+        os.utime(path, (past, past), follow_symlinks=False)
+
+
+def test_a_killed_pull_leaves_scratch_that_the_next_pull_sweeps(fake, bundle, tmp_path):
+    manifest = fake.artifact(bundle, tmp_path)
+    fake.publish(manifest)
+    asked, go_on = threading.Event(), threading.Event()
+
+    def hold():  # the pull has its scratch folder, with the config in it, and waits for the layer
+        asked.set()
+        go_on.wait(120)
+
+    layer = manifest["layers"][0]["digest"]
+    fake.before_blob[layer] = hold
+    work = tmp_path / "work"
+    work.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "builder", "pull", f"{fake.address}/models/det:1",
+                                str(work / "out"), "--insecure"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert asked.wait(120), "the pull never asked for its layer"
+        process.kill()
+        process.wait()
+    finally:
+        go_on.set()
+    del fake.before_blob[layer]
+    [left] = list(work.iterdir())
+    assert left.name.startswith(f".out.{process.pid}.") and left.name.endswith(".pull"), left.name
+    _aged([left])
+    pull(f"{fake.address}/models/det:1", work / "out", insecure=True)
+    assert [p.name for p in work.iterdir()] == ["out"] and _files(work / "out") == _files(bundle)
+
+
+# --- 8. the docker config and credential helpers: a wrong shape is one line naming where it came from -----
+
+
+HELPER = """#!/bin/sh
+read registry
+echo "$registry" > "$(dirname "$0")/asked"
+{answer}
+"""
+
+
+def _docker_config(tmp_path: pathlib.Path, monkeypatch, config, helper_answer: Optional[str] = None) -> pathlib.Path:
+    """DOCKER_CONFIG with `config` (an object, or text as it is) and, with `helper_answer`, the credential helper
+    `docker-credential-fake` on PATH: a real executable that runs those shell lines after reading the registry."""
+    folder = tmp_path / "docker"
+    folder.mkdir(exist_ok=True)
+    path = folder / "config.json"
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    monkeypatch.delenv("BUILDER_REGISTRY_USERNAME", raising=False)
+    monkeypatch.delenv("BUILDER_REGISTRY_PASSWORD", raising=False)
+    if helper_answer is not None:
+        helpers = tmp_path / "bin"
+        helpers.mkdir(exist_ok=True)
+        helper = helpers / "docker-credential-fake"
+        helper.write_text(HELPER.format(answer=helper_answer))
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{helpers}{os.pathsep}{os.environ['PATH']}")
+    return path
+
+
+REGISTRY = "127.0.0.1:9"
+BAD_CONFIGS = {
+    "not JSON": ("{", None, "config.json"),
+    "a list": ("[1, 2]", None, "config.json"),
+    "auths that is a list": ({"auths": [REGISTRY]}, None, "config.json"),
+    "an entry that is a string": ({"auths": {REGISTRY: "user:secret"}}, None, "config.json"),
+    "auth that is a number": ({"auths": {REGISTRY: {"auth": 12}}}, None, "config.json"),
+    "auth that is not base64": ({"auths": {REGISTRY: {"auth": "user:secret!"}}}, None, "config.json"),
+    "auth without a colon": ({"auths": {REGISTRY: {"auth": "dXNlcg=="}}}, None, "config.json"),
+    "auth with a line break": ({"auths": {REGISTRY: {"auth": "dXNlcjpzZWNyZXQK\r\nX-Evil: 1"}}}, None, "config.json"),
+    "credHelpers that is a list": ({"credHelpers": ["fake"]}, None, "config.json"),
+    "a helper name that is a number": ({"credHelpers": {REGISTRY: 1}}, None, "config.json"),
+    "a helper name with a slash": ({"credsStore": "../../bin/fake"}, None, "config.json"),
+    "an answer that is a list": ({"credsStore": "fake"}, "echo '[]'", "docker-credential-fake"),
+    "an answer that is not JSON": ({"credsStore": "fake"}, "echo 'hello'", "docker-credential-fake"),
+    "an answer without Username": ({"credHelpers": {REGISTRY: "fake"}}, """echo '{"Secret": "s"}'""",
+                                   "docker-credential-fake"),
+    "a Username that is a number": ({"credsStore": "fake"}, """echo '{"Username": 1, "Secret": "s"}'""",
+                                    "docker-credential-fake"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_a_docker_config_or_helper_answer_of_the_wrong_shape_is_one_line_naming_it(case, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from cli_runs import run_cli
+
+    config, answer, named = BAD_CONFIGS[case]
+    _docker_config(tmp_path, monkeypatch, config, answer)
+    code, errors, stderr = run_cli(["pull", f"{REGISTRY}/models/det:1", str(tmp_path / "out" / "det"), "--insecure"],
+                                   capsys, tmp_path, monkeypatch)
+    assert code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert named in errors[0] and "cannot reach" not in errors[0], errors[0]
+    assert "user:secret" not in errors[0] and "dXNlcjpzZWNyZXQ" not in errors[0]  # credentials are never shown
+
+
+def test_a_credential_helper_that_answers_well_is_used(fake, bundle, tmp_path, monkeypatch):
+    import base64
+
+    fake.publish(fake.artifact(bundle, tmp_path))
+    sent = []
+    manifest_path = "/v2/models/det/manifests/1"
+    served = fake.manifests["1"]
+
+    def record(handler):
+        sent.append(handler.headers.get("Authorization"))
+        send(handler, 200, served, {"Content-Type": MANIFEST_MEDIA_TYPE})
+
+    fake.answers[manifest_path] = record
+    _docker_config(tmp_path, monkeypatch, {"credHelpers": {fake.address: "fake"}},
+                   """echo '{"ServerURL": "x", "Username": "robot", "Secret": "s3cret"}'""")
+    pull(f"{fake.address}/models/det:1", tmp_path / "out", insecure=True)
+    assert sent == ["Basic " + base64.b64encode(b"robot:s3cret").decode()]
+    assert (tmp_path / "bin" / "asked").read_text() == f"{fake.address}\n"
+
+
+def test_a_credential_helper_without_credentials_means_anonymous(fake, bundle, tmp_path, monkeypatch):
+    fake.publish(fake.artifact(bundle, tmp_path))
+    _docker_config(tmp_path, monkeypatch, {"credsStore": "fake"},
+                   "echo 'credentials not found in native keychain'\nexit 1")
+    pull(f"{fake.address}/models/det:1", tmp_path / "out", insecure=True)
+    assert _files(tmp_path / "out") == _files(bundle)
+
+
+# --- 9. an archive entry whose name holds a NUL byte ------------------------------------------------------
+
+
+def test_an_archive_entry_with_a_nul_byte_in_its_name_is_one_line(fake, bundle, tmp_path):
+    entries = _bundle_entries(bundle)
+    [readme] = [info for info, _ in entries if info.name == "det/README.md"]
+    readme.pax_headers = {"path": "det/READ\x00ME.md"}  # a pax header carries what a tar header cannot
+    fake.publish(fake.artifact(bundle, tmp_path, layer=_archive(entries)))
+    (tmp_path / "work").mkdir()
+    done = builder_cli("pull", f"{fake.address}/models/det:1", str(tmp_path / "work" / "out"), "--insecure")
+    assert "archive entry 'det/READ\\x00ME.md' has a NUL byte in its name" in one_error(done)
+    nothing_left(tmp_path / "work")

@@ -159,9 +159,14 @@ def test_a_push_that_fails_midway_leaves_the_tag_unchanged(registry, bundle, tmp
     before = push(bundle, f"{registry}/models/midway:1", insecure=True)
     changed = tmp_path / "changed"
     shutil.copytree(bundle, changed)
+    # another bundle (version 2, in build.yaml and manifest.json alike): a new config blob, hence a new digest
+    from builder.core.manifest import write_manifest
+
+    spec = (changed / "build.yaml").read_text()
+    (changed / "build.yaml").write_text(spec.replace("\nversion: 1\n", "\nversion: 2\n"))
     manifest = json.loads((changed / "manifest.json").read_text())
-    manifest["version"] = 2  # another bundle: a new config blob, hence a new digest
-    (changed / "manifest.json").write_text(json.dumps(manifest))
+    del manifest["files"], manifest["manifest_format"]
+    write_manifest(changed, {**manifest, "version": 2})
     # the registry breaks while the blobs go up: the layer's upload answers 500
     with failing_proxy(registry, lambda method, path: method == "PUT" and "/blobs/uploads/" in path) as proxy:
         with pytest.raises(UserError, match="HTTP 500"):

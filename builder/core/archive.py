@@ -91,10 +91,10 @@ def extract_archive(archive: pathlib.Path, destination: pathlib.Path, allowed: M
     `allowed` is what the bundle declares: each file's path inside the top folder and its size. Only those
     files (each at most its size, once) and the folders above them are accepted, so the archive unpacks to
     at most what is declared. The archive is read as a stream and refused at the first entry that breaks
-    a rule (an absolute path, a '..', a link, a device, a second top folder, a file not declared or larger
-    than declared) and the decompressed stream is bounded too: a small gzip bomb never writes or inflates
-    more than the declared bytes. What was written before a refusal is the caller's to remove (pull
-    extracts into a staging folder).
+    a rule (a NUL byte in its name, an absolute path, a '..', a link, a device, a second top folder, a file
+    not declared or larger than declared) and the decompressed stream is bounded too: a small gzip bomb
+    never writes or inflates more than the declared bytes. What was written before a refusal is the
+    caller's to remove (pull extracts into a staging folder).
     """
     destination = pathlib.Path(destination).resolve()
     folders = folders_of(allowed)
@@ -105,6 +105,8 @@ def extract_archive(archive: pathlib.Path, destination: pathlib.Path, allowed: M
                 tarfile.open(fileobj=_Bounded(compressed, bound), mode="r|") as tar:
             for member in tar:
                 name, shown = member.name, _shown(member.name)
+                if "\x00" in name:  # a pax header can carry one; no path can hold it
+                    raise UserError(f"archive entry '{shown}' has a NUL byte in its name")
                 parts = name.split("/")
                 if name.startswith("/") or "\\" in name or any(p in ("..", ".", "") for p in parts):
                     raise UserError(f"archive entry '{shown}' escapes the bundle folder")

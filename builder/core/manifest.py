@@ -120,8 +120,47 @@ class BundleManifest(_Record):
     accuracy: Optional[AccuracyRecord] = None
     files: list[FileEntry] = Field(default_factory=list)
 
+    @field_validator("signature")
+    @classmethod
+    def _takes_images(cls, signature: Signature) -> Signature:
+        # a bundle's preprocessing is in its graph: verify and bench feed uint8 images resized to a fixed height and
+        # width, so any other first input would be met only by a crash (or a model fed the wrong thing)
+        images = signature.inputs[0]
+        shape = images.shape
+        if (images.dtype != "uint8" or len(shape) != 4 or shape[0] == 0 or shape[1] != 3
+                or not all(isinstance(d, int) and d >= 1 for d in shape[2:])):
+            raise ValueError(f"input '{images.name}' is {images.dtype} {shown_shape(shape)}; a bundle takes uint8 "
+                             "images [batch, 3, height, width] of a fixed height and width")
+        return signature
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
+
+
+def shown_shape(shape: list) -> str:
+    """[batch, 3, 64, 64]: a shape as messages show it (an unknown dimension as '?')."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def identity(manifest: BundleManifest) -> dict[str, str]:
+    """What the manifest says the bundle is, by the names build.yaml and a release's index use."""
+    return {"model": manifest.model.variant, "precision": manifest.precision, "target": manifest.target,
+            "name": manifest.name, "runtime": manifest.runtime}
+
+
+def check_against_spec(manifest: BundleManifest, spec, folder: pathlib.Path) -> None:
+    """Refuse a manifest.json that says another model, precision, target, name, runtime or version than the bundle's
+    build.yaml (`spec`, a BundleSpec). The file list covers build.yaml with its sha256 but not manifest.json
+    itself, so an edit of manifest.json alone shows here; unchecked, a changed target, runtime or version sends
+    verify and bench to files the bundle does not have."""
+    from builder.core.errors import UserError
+
+    built = {"model": spec.export.model, "precision": spec.export.precision, "target": spec.target,
+             "name": spec.model_name, "runtime": spec.export.runtime, "version": spec.version}
+    for key, said in {**identity(manifest), "version": manifest.version}.items():
+        if said != built[key]:
+            raise UserError(f"bundle '{folder}': {key} mismatch: manifest.json says {said!r}, build.yaml says "
+                            f"{built[key]!r}", hint="the bundle was edited: rebuild it")
 
 
 def file_entries(folder: pathlib.Path) -> list[FileEntry]:
@@ -190,6 +229,8 @@ def read_manifest(folder: pathlib.Path) -> BundleManifest:
         raise UserError(f"'{folder}' is not a bundle: it has no {MANIFEST}") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read '{path}': {e}") from None
+    except RecursionError:
+        raise UserError(f"cannot read '{path}': its JSON is nested too deeply") from None
     return parse_manifest(data, str(path))
 
 

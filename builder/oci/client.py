@@ -7,19 +7,16 @@ them with oras).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
 import pathlib
-import subprocess
 import urllib.parse
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from builder.core.errors import UserError
-from builder.oci.reference import DIGEST, PASSWORD_VARIABLE, USERNAME_VARIABLE, Reference, credentials
+from builder.oci.reference import DIGEST, PASSWORD_VARIABLE, USERNAME_VARIABLE, Reference, basic_credentials
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -103,7 +100,7 @@ class RegistryClient:
         self.base = f"{'http' if insecure else 'https'}://{reference.registry}/v2/{reference.repository}"
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "builder"
-        self.basic = _basic_credentials(reference.registry)
+        self.basic = basic_credentials(reference.registry)
         self.token: Optional[str] = None
 
     # --- requests with auth -------------------------------------------------------------------------
@@ -314,33 +311,6 @@ class RegistryClient:
             response.close()
         if received != size or f"sha256:{hasher.hexdigest()}" != digest:
             raise UserError(f"'{self.ref.name}': blob {digest} does not match its digest (tampered or corrupted)")
-
-
-def _basic_credentials(registry: str) -> Optional[str]:
-    """base64(user:password) from the environment, else from the docker config (auths, credHelpers, credsStore)."""
-    given = credentials()
-    if given:
-        return base64.b64encode(f"{given[0]}:{given[1]}".encode()).decode()
-    config_dir = pathlib.Path(os.environ.get("DOCKER_CONFIG", pathlib.Path.home() / ".docker"))
-    try:
-        config = json.loads((config_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    entry = config.get("auths", {}).get(registry) or config.get("auths", {}).get(f"https://{registry}") or {}
-    if entry.get("auth"):
-        return entry["auth"]
-    helper = config.get("credHelpers", {}).get(registry) or config.get("credsStore")
-    if not helper:
-        return None
-    try:
-        done = subprocess.run([f"docker-credential-{helper}", "get"], input=registry, capture_output=True, text=True,
-                              timeout=30)
-        secret = json.loads(done.stdout) if done.returncode == 0 else None
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
-    if not secret:
-        return None
-    return base64.b64encode(f"{secret['Username']}:{secret['Secret']}".encode()).decode()
 
 
 def _split_challenge(text: str) -> list[str]:

@@ -90,8 +90,9 @@ def parse_selection(text: str) -> dict[str, str]:
     return selection
 
 
-def select_bundle(client, selection: dict[str, str]) -> str:
-    """The digest of the one bundle of the index whose annotations match every KEY=VALUE of `selection`."""
+def select_bundle(client, selection: dict[str, str]) -> tuple[str, list[dict[str, str]]]:
+    """The digest of the one bundle of the index whose annotations match every KEY=VALUE of `selection`, and what
+    each entry that names it says of it (its annotations, without the prefix): pull holds the bundle to them."""
     from builder.oci.client import _shown
 
     index, _digest = read_index(client)
@@ -104,9 +105,14 @@ def select_bundle(client, selection: dict[str, str]) -> str:
                             if k in selection})
         raise UserError(f"no bundle of '{client.ref.name}' matches {asked}",
                         hint=f"it has {', '.join(available) or 'no such annotations'}")
-    if len({entry.digest for entry, _said in chosen}) > 1:
+    digests = sorted({entry.digest for entry, _said in chosen})
+    if len(digests) > 1:
         differing = [k for k in SELECTABLE if k not in selection and len({said.get(k) for _e, said in chosen}) > 1]
         shown = [k for k in differing if k != "build-key"] or differing
+        # entries alike in every annotation a selection can name are told apart by their digests alone
+        pinned = [f"{client.ref.registry}/{client.ref.repository}@{digest}" for digest in digests]
+        by_digest = ", ".join(pinned[:3]) + (f" (and {len(pinned) - 3} more)" if len(pinned) > 3 else "")
         raise UserError(f"{len(chosen)} bundles of '{client.ref.name}' match {asked}",
-                        hint=f"narrow it with {', '.join(shown)}")
-    return chosen[0][0].digest
+                        hint=f"narrow it with {', '.join(shown)}" if shown else
+                        f"no selectable annotation tells them apart: pull one by digest: {by_digest}")
+    return digests[0], [said for _entry, said in chosen]

@@ -1,8 +1,12 @@
 """Registry references (`registry.example.com/models/yolo_nas_s:1.2.0`, `oci://` accepted) and credentials."""
 from __future__ import annotations
 
+import base64
+import json
 import os
+import pathlib
 import re
+import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +21,8 @@ HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9-
 
 USERNAME_VARIABLE = "BUILDER_REGISTRY_USERNAME"
 PASSWORD_VARIABLE = "BUILDER_REGISTRY_PASSWORD"
+#: a credential helper's NAME in docker-credential-NAME: a plain word (a '/' would run another program)
+HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,75 @@ def credentials() -> Optional[tuple[str, str]]:
     if bool(user) != bool(password):
         raise UserError(f"set both {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}, or neither")
     return (user, password) if user else None
+
+
+def basic_credentials(registry: str) -> Optional[str]:
+    """base64(user:password) from the environment, else from the docker config (auths, credHelpers, credsStore).
+
+    The config and a helper's answer are the user's files and programs, written by hand or by other tools: what
+    has the wrong shape is one line naming the config file or the helper, and never shows a credential.
+    """
+    given = credentials()
+    if given:
+        return base64.b64encode(f"{given[0]}:{given[1]}".encode()).decode()
+    path = pathlib.Path(os.environ.get("DOCKER_CONFIG", pathlib.Path.home() / ".docker")) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        return None  # no config (or none we may read): no credentials, as docker has none either
+    except (ValueError, RecursionError):
+        raise UserError(f"docker config '{path}' is not JSON", hint="fix it, or log in again with docker login") \
+            from None
+    auths = _config_part(config, path, "auths", dict)
+    entry = auths.get(registry) or auths.get(f"https://{registry}") or {}
+    if not isinstance(entry, dict):
+        raise UserError(f"docker config '{path}': auths of {registry} is not an object")
+    if entry.get("auth"):
+        return _checked_auth(entry["auth"], f"docker config '{path}': the auth of {registry}")
+    helper = _config_part(config, path, "credHelpers", dict).get(registry) or _config_part(config, path,
+                                                                                          "credsStore", str)
+    if not helper:
+        return None
+    if not isinstance(helper, str) or not HELPER_NAME.fullmatch(helper):
+        raise UserError(f"docker config '{path}' names the credential helper {repr(helper)[:80]}, which is not "
+                        "a helper's name (docker-credential-NAME: letters, digits, '.', '_', '-')")
+    program = f"docker-credential-{helper}"
+    try:
+        done = subprocess.run([program, "get"], input=registry, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:  # "credentials not found": anonymous, as docker is
+        return None
+    try:
+        secret = json.loads(done.stdout)
+    except (ValueError, RecursionError):
+        secret = None
+    if not (isinstance(secret, dict) and isinstance(secret.get("Username"), str)
+            and isinstance(secret.get("Secret"), str)):
+        raise UserError(f"credential helper {program} answered for {registry} without a Username and a Secret",
+                        hint=f"'echo {registry} | {program} get' shows its answer")
+    return base64.b64encode(f"{secret['Username']}:{secret['Secret']}".encode()).decode()
+
+
+def _config_part(config, path: pathlib.Path, key: str, kind: type):
+    """config[key] where the docker config has it (its empty value where not), refused unless it is a `kind`."""
+    if not isinstance(config, dict):
+        raise UserError(f"docker config '{path}' is not a JSON object")
+    value = config.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise UserError(f"docker config '{path}': {key} is not {'an object' if kind is dict else 'text'}")
+    return value
+
+
+def _checked_auth(auth, where: str) -> str:
+    """A Basic credential as it goes into a header: base64 of user:password, nothing else (a line break in it
+    would end the header)."""
+    try:
+        decoded = base64.b64decode(auth, validate=True) if isinstance(auth, str) else b""
+    except ValueError:  # (binascii.Error, or text that is not ASCII)
+        decoded = b""
+    if b":" not in decoded:
+        raise UserError(f"{where} is not base64 of user:password")
+    return base64.b64encode(decoded).decode()

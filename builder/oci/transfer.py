@@ -62,9 +62,10 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False,
          annotations: Optional[dict[str, str]] = None) -> Transfer:
     """Push the bundle folder as `reference`; `annotations` are added to those its manifest gives (a release adds
     its build key and accuracy summary)."""
-    from builder.core.manifest import check_files
+    from builder.core.manifest import check_against_spec, check_files
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
+    from builder.targets.spec import BundleSpec, read_spec_file
 
     ref = parse_reference(reference, need_tag=True)
     folder = pathlib.Path(bundle)
@@ -73,6 +74,8 @@ def push(bundle: str | pathlib.Path, reference: str, insecure: bool = False,
     client = RegistryClient(ref, insecure)
     try:
         manifest = check_files(folder)  # never publish a bundle that differs from its own manifest
+        # nor one whose manifest.json (which its annotations repeat) says it is something its build.yaml does not
+        check_against_spec(manifest, BundleSpec.create(read_spec_file(folder / "build.yaml")), folder)
         _refuse_empty_folders(folder, manifest)
         digest, size, manifest_size = _push_archive(client, ref, folder, manifest, annotations or {})
     except OSError as e:  # the network's failures are UserErrors already: this is a file of the bundle (or TMPDIR)
@@ -110,32 +113,37 @@ def _push_archive(client, ref, folder: pathlib.Path, manifest, extra: dict[str, 
 
 def pull(reference: str, destination: str | pathlib.Path, insecure: bool = False, force: bool = False,
          select: Optional[dict[str, str]] = None) -> Transfer:
-    """Pull a bundle into `destination`; from a release's index, the one bundle whose annotations match `select`."""
-    from builder.core.files import check_folder_destination, parents_made
+    """Pull a bundle into `destination`; from a release's index, the one bundle whose annotations match `select`
+    (and which is what they say)."""
+    from builder.core.files import check_folder_destination, parents_made, scratch_folder
     from builder.oci.client import RegistryClient
     from builder.oci.reference import parse_reference
 
     ref = parse_reference(reference)
     destination = check_folder_destination(pathlib.Path(destination), force)
     client = RegistryClient(ref, insecure)
+    indexed = None
     if select is not None:
         from builder.oci.index import select_bundle
 
-        ref = parse_reference(f"{ref.registry}/{ref.repository}@{select_bundle(client, select)}")
+        digest, indexed = select_bundle(client, select)
+        ref = parse_reference(f"{ref.registry}/{ref.repository}@{digest}")
         client = RegistryClient(ref, insecure)
     try:
-        # the download folder beside the destination comes first: an unwritable destination fails before the network
-        with parents_made(destination), tempfile.TemporaryDirectory(prefix="builder-pull-",
-                                                                    dir=destination.absolute().parent) as tmp:
-            digest, size = _pull_into(client, ref, destination, pathlib.Path(tmp), force)
+        # the download folder beside the destination comes first: an unwritable destination fails before the network;
+        # it is builder's scratch, so what a killed pull leaves there the next pull or build of `destination` sweeps
+        with parents_made(destination), scratch_folder(destination, "pull") as tmp:
+            digest, size = _pull_into(client, ref, destination, tmp, force, indexed)
     except OSError as e:  # the network's failures are UserErrors already: this is the destination's filesystem
         raise UserError(f"cannot write '{destination}': {e.strerror or e}") from None
     notice(f"pulled {ref.pinned(digest)} into {destination}")
     return Transfer(ref.tagged, digest, destination.resolve(), size)
 
 
-def _pull_into(client, ref, destination: pathlib.Path, tmp: pathlib.Path, force: bool) -> tuple[str, int]:
-    """Download (the bundle's manifest first, then the layer it bounds), check, unpack and move into place."""
+def _pull_into(client, ref, destination: pathlib.Path, tmp: pathlib.Path, force: bool,
+               indexed: Optional[list[dict[str, str]]]) -> tuple[str, int]:
+    """Download (the bundle's manifest first, then the layer it bounds), check, unpack and move into place;
+    `indexed`: what the entries of a release's index that named the bundle say of it."""
     from builder.core.archive import extract_archive, unpacked_bound
     from builder.core.files import staged_folder
     from builder.core.manifest import MANIFEST, check_files, parse_manifest
@@ -159,6 +167,8 @@ def _pull_into(client, ref, destination: pathlib.Path, tmp: pathlib.Path, force:
         announced = parse_manifest(json.loads(config_bytes), f"{ref.name} (artifact config)")
     except (ValueError, RecursionError):
         raise UserError(f"'{ref.name}': the artifact's config is not JSON") from None
+    if indexed is not None:
+        _check_indexed(ref, announced, oci_manifest.annotations or {}, indexed)
     # what the bundle declares bounds what the layer may be and unpack to, before a byte of it is fetched
     allowed = {entry.path: entry.size for entry in announced.files}
     allowed[MANIFEST] = config.size
@@ -180,6 +190,28 @@ def _pull_into(client, ref, destination: pathlib.Path, tmp: pathlib.Path, force:
         if announced != manifest:
             raise UserError(f"'{ref.name}': the bundle's manifest.json differs from the artifact's config")
     return digest, layer.size
+
+
+def _check_indexed(ref, manifest, annotations: dict[str, str], indexed: list[dict[str, str]]) -> None:
+    """A bundle picked by its index entry must be what the entry says: every selectable annotation of the entries
+    that named it against what the bundle says of itself, in its manifest.json and in its OCI manifest's
+    annotations (where a release puts the build key). A mislabelled index would otherwise deliver another model."""
+    from builder.core.manifest import identity
+    from builder.oci.client import _shown
+    from builder.oci.index import SELECTABLE
+
+    annotated = {key: annotations[f"{ANNOTATION_PREFIX}{key}"] for key in SELECTABLE
+                 if f"{ANNOTATION_PREFIX}{key}" in annotations}
+    if "org.opencontainers.image.title" in annotations:
+        annotated["name"] = annotations["org.opencontainers.image.title"]
+    said = {"manifest.json": identity(manifest), "OCI manifest": annotated}
+    for entry in indexed:
+        for key in SELECTABLE:
+            for where, says in said.items():
+                if key in entry and key in says and says[key] != entry[key]:
+                    raise UserError(f"'{ref.name}' is not the bundle the release index says: the index says "
+                                    f"{key}={_shown(entry[key], 80)}, its {where} says {key}={_shown(says[key], 80)}",
+                                    hint="nothing was pulled: the index is wrong")
 
 
 def _refuse_empty_folders(folder: pathlib.Path, manifest) -> None:

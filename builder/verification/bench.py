@@ -61,11 +61,14 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
           duration: float = 5.0, url: Optional[str] = None, protocol: str = "http", concurrency: int = 1) -> BenchResult:
     from builder.core.manifest import check_files
     from builder.core.log import notice
+    from builder.verification.runtime import check_against_build_yaml
 
     folder = pathlib.Path(bundle)
     manifest = check_files(folder)
+    check_against_build_yaml(folder, manifest)
     if duration <= 0 or any(b < 1 for b in batch_sizes) or concurrency < 1:
         raise UserError("--duration, --batch-sizes and --concurrency must be positive")
+    _check_batch_sizes(batch_sizes, *manifest.signature.inputs[0].shape[2:])
     image = _input_image(manifest)
     fixed = manifest.signature.inputs[0].shape[0]
     most = _most_per_request(folder, manifest, url)
@@ -92,6 +95,17 @@ def bench(bundle: str | pathlib.Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8
         notice(f"batch {size}: {duration:g} s ...")
         rows.append(_measure(run, batch, duration, concurrency if url else 1))
     return BenchResult(folder.resolve(), runtime, rows, skipped)
+
+
+def _check_batch_sizes(batch_sizes: tuple[int, ...], height: int, width: int) -> None:
+    """Refuse, before a batch is made, what a fixed-batch export would refuse: a batch holds every image at once."""
+    from builder.exporting.spec import MAX_BATCH_PIXELS, MAX_BATCH_SIZE
+
+    for size in batch_sizes:
+        if size > MAX_BATCH_SIZE or size * height * width > MAX_BATCH_PIXELS:
+            raise UserError(f"batch size {size} is more than bench runs: at most {MAX_BATCH_SIZE}, and batch x "
+                            f"height x width at most {MAX_BATCH_PIXELS:,} pixels (64 images of 640x640; this model "
+                            f"takes {height}x{width})")
 
 
 def _input_image(manifest: dict) -> np.ndarray:
