@@ -3,6 +3,7 @@ what each flag does, legible pictures, plain words, and quiet test logs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 import subprocess
 import sys
@@ -65,6 +66,25 @@ def test_the_demo_bundle_finds_the_scenes_shapes(demo_bundle):
     truth = json.loads((ROOT / "builder/data/demo/shapes.json").read_text())["objects"]
     labels = {d["label"] for d in result["detections"]}
     assert labels & {o["class"] for o in truth}, result
+
+
+def test_verify_checks_a_demo_bundle_on_its_own_scene(demo_bundle, capsys):
+    """builder's 7 generic photos hold no shapes: verified on them, the demo bundle failed ("the reference finds
+    nothing"); a bundle's samples/ are pictures of what its model detects, so verify uses them by default."""
+    assert main(["verify", str(demo_bundle.destination), "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert [image["image"] for image in result["per_image"]] == ["samples/shapes.jpg"]
+    assert result["passed"] and result["overall"]["reference"] >= 1 and result["overall"]["recall"] == 1.0
+    assert "verifying on the bundle's own 1 sample image(s) in samples/" in err
+
+
+def test_verify_that_finds_nothing_to_compare_names_images(demo_bundle, capsys):
+    from builder.core.images import PHOTOS
+
+    assert main(["verify", str(demo_bundle.destination), "--images", str(PHOTOS)]) == 3
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "the reference finds nothing on these images" in line and "give --images DIR" in line
 
 
 @pytest.mark.parametrize("args, expected", [

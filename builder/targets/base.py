@@ -4,8 +4,10 @@ from __future__ import annotations
 import pathlib
 from typing import ClassVar, Optional
 
+#: a bundle's pictures of what its model detects: `builder verify` checks the bundle on them by default
+SAMPLES_FOLDER = "samples"
 #: a bundle built with --weights demo carries the demo scene here, and its README and usage run the client on it
-SAMPLE_IMAGE = "samples/shapes.jpg"
+SAMPLE_IMAGE = f"{SAMPLES_FOLDER}/shapes.jpg"
 
 
 def sample_image(spec) -> Optional[str]:

@@ -104,7 +104,7 @@ def _ratio(part: int, whole: int) -> float:
 def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Optional[str] = None,
            url: Optional[str] = None, protocol: str = "http", count: int = DEFAULT_IMAGE_COUNT) -> VerifyResult:
     require("export")
-    from builder.core.manifest import check_files
+    from builder.core.manifest import check_against_spec, check_files
     from builder.targets.spec import BundleSpec, read_spec_file
     from builder.stage.export import load_model
     from builder.core.images import fit_to_input
@@ -117,11 +117,16 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
     if weights is not None:
         spec_data.setdefault("export", {})["weights"] = weights
     spec = BundleSpec.create(spec_data)
+    precision = _exported_precision(folder, spec, manifest)
+    check_against_spec(manifest, spec, folder)
+    if url is None:  # opened, and held against manifest.json, before PyTorch builds the reference
+        from builder.verification.runtime import open_model
+
+        run, runtime = open_model(folder, manifest)
     _check_weights(manifest, spec.export.weights, spec.export.model)
     model = load_model(spec.export).eval()
-    photos = _images(images, count)
+    photos = _images(folder, images, count)
     settings = manifest.postprocessing.model_dump()
-    precision = _exported_precision(folder, spec, manifest)
     gate = GATES[precision]
     height, width = manifest.signature.inputs[0].shape[2:]
     prep = model.family.preprocessing
@@ -131,10 +136,7 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
             raise UserError("--url verifies a Triton bundle through its client; this bundle is standalone")
         candidates, runtime = _through_client(folder, [p for _, p in photos], url, protocol), f"Triton at {url}"
     else:
-        from builder.verification.runtime import open_model
-
         candidates = None
-        run, runtime = open_model(folder, manifest)
         fixed = manifest.signature.inputs[0].shape[0]
     results = []
     for index, (name, path) in enumerate(photos):
@@ -164,7 +166,8 @@ def verify(bundle: str | pathlib.Path, images: Optional[str] = None, weights: Op
         if gate["score"] is not None and r.max_score_deviation > gate["score"]:
             result.failures.append(f"{r.name}: scores deviate by {r.max_score_deviation:.4f} (> {gate['score']})")
     if totals["reference"] == 0:
-        result.failures.append("the reference finds nothing on these images: nothing was verified")
+        result.failures.append("the reference finds nothing on these images, so nothing was verified (give --images "
+                               "DIR: pictures of what the model detects)")
     return result
 
 
@@ -204,10 +207,17 @@ def _check_weights(manifest, weights: Optional[str], variant: str) -> None:
                         f"(sha256 {str(actual.get('sha256'))[:12]}..., the manifest says {str(recorded.get('sha256'))[:12]}...)")
 
 
-def _images(folder: Optional[str], count: int) -> list[tuple[str, pathlib.Path]]:
+def _images(bundle: pathlib.Path, folder: Optional[str], count: int) -> list[tuple[str, pathlib.Path]]:
+    """--images, else the bundle's own pictures of what its model detects (samples/), else builder's photos."""
     from builder.core.images import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, PHOTOS, image_files
     from builder.core.log import notice
+    from builder.targets.base import SAMPLES_FOLDER
 
+    if folder is None and (bundle / SAMPLES_FOLDER).is_dir():  # its files are the manifest's, checked already
+        folder = bundle / SAMPLES_FOLDER
+        found = image_files(folder)[:count]
+        notice(f"no --images: verifying on the bundle's own {len(found)} sample image(s) in {SAMPLES_FOLDER}/")
+        return [(p.relative_to(bundle).as_posix(), p) for p in found]
     if folder is None:
         notice("no --images: verifying on builder's 7 built-in photos")
         return [(name, PHOTOS / f"{name}.jpg") for name in CALIBRATION_PHOTOS + HELD_OUT_PHOTOS]
@@ -253,8 +263,9 @@ def _through_client(folder: pathlib.Path, paths: list[pathlib.Path], url: str, p
             for result in json.loads(done.stdout)]
 
 
-def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Path:
-    """Reference and bundle detections side by side per image: an HTML page, or a PNG grid."""
+def write_report(result: VerifyResult, destination: pathlib.Path, force: bool = False) -> pathlib.Path:
+    """Reference and bundle detections side by side per image: an HTML page, or a PNG grid. An existing file, or
+    one that appears while it is drawn, is replaced only with `force`."""
     import base64
     import html
     import io
@@ -263,11 +274,7 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
 
     from builder.core.files import atomic_file
 
-    destination = pathlib.Path(destination)
-    if destination.suffix.lower() not in (".html", ".png"):
-        raise UserError(f"report '{destination}' must end in .html or .png")
-    if not destination.resolve().parent.is_dir():
-        raise UserError(f"folder '{destination.resolve().parent}' does not exist")
+    destination = check_report_destination(destination, force)
     names = result.class_names
     pairs = [(_drawn(r.path, r.reference, "PyTorch", names), _drawn(r.path, r.bundle, result.runtime, names))
              for r in result.images]
@@ -278,7 +285,7 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
             for col, image in enumerate(images):
                 image.thumbnail((cell, cell))
                 grid.paste(image, (col * cell, row * cell))
-        with atomic_file(destination) as f:
+        with atomic_file(destination, replace=force) as f:
             grid.save(f, format="PNG")
         return destination
     rows = []
@@ -298,8 +305,22 @@ def write_report(result: VerifyResult, destination: pathlib.Path) -> pathlib.Pat
     page = (f"<!doctype html><meta charset=utf-8><title>builder verify</title><h1>{html.escape(str(result.bundle))}</h1>"
             f"<p>{html.escape(result.precision)}, {html.escape(result.runtime)} vs PyTorch: {html.escape(verdict)}</p>"
             f"<pre>{html.escape(result.table())}</pre>" + "".join(rows))
-    with atomic_file(destination) as f:
+    with atomic_file(destination, replace=force) as f:
         f.write(page.encode("utf-8"))
+    return destination
+
+
+def check_report_destination(destination: pathlib.Path, force: bool) -> pathlib.Path:
+    """Refuse an unusable report path, or an existing file without `force`, before the images are run."""
+    destination = pathlib.Path(destination)
+    if destination.suffix.lower() not in (".html", ".png"):
+        raise UserError(f"report '{destination}' must end in .html or .png")
+    if not destination.resolve().parent.is_dir():
+        raise UserError(f"folder '{destination.resolve().parent}' does not exist")
+    if destination.is_dir():
+        raise UserError(f"report '{destination}' is a folder; give a file name such as report.html")
+    if not force and (destination.exists() or destination.is_symlink()):
+        raise UserError(f"'{destination}' already exists", hint="pass --force to replace it")
     return destination
 
 
