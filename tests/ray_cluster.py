@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 RAY = str(pathlib.Path(sys.executable).with_name("ray"))
@@ -36,8 +37,9 @@ def in_private_network() -> bool:
 
 
 class Node:
-    def __init__(self, name: str, process: subprocess.Popen, log: pathlib.Path) -> None:
+    def __init__(self, name: str, process: subprocess.Popen, log: pathlib.Path, tmp: pathlib.Path) -> None:
         self.name, self.process, self.log = name, process, log
+        self.tmp = tmp  # the node's TMPDIR, where its builds keep their scratch
 
     def kill(self) -> None:
         """SIGKILL every process of the node's session: a machine that is gone, not a clean shutdown."""
@@ -59,13 +61,18 @@ class RayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
 
-    def _start(self, name: str, arguments: list[str]) -> Node:
+    def _start(self, name: str, arguments: list[str], tmp: pathlib.Path | None = None) -> Node:
+        """A node whose builds use TMPDIR `tmp` (default: a folder of its own); Ray's own files stay where they were
+        (RAY_TMPDIR), since they hold Unix sockets, whose paths must be short."""
         log = self.root / f"{name}.log"
-        env = {**os.environ, **HEALTH_CHECKS}
+        tmp = tmp or self.root / "tmp" / name
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **HEALTH_CHECKS, "TMPDIR": str(tmp),
+               "RAY_TMPDIR": os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()}
         process = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                                     f"--object-store-memory={OBJECT_STORE_BYTES}", *arguments],
                                    stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        node = Node(name, process, log)
+        node = Node(name, process, log, tmp)
         self.nodes.append(node)
         return node
 
@@ -75,11 +82,13 @@ class RayCluster:
         self.wait_for(1)
         return head
 
-    def add_node(self, name: str, num_cpus: int = 1, num_gpus: int = 0, resources: dict | None = None) -> Node:
+    def add_node(self, name: str, num_cpus: int = 1, num_gpus: int = 0, resources: dict | None = None,
+                 tmp: pathlib.Path | None = None) -> Node:
+        """A node joining the cluster; `tmp`: the TMPDIR of a node that was, as a machine that comes back has."""
         arguments = [f"--address={self.address}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}"]
         if resources:
             arguments.append(f"--resources={json.dumps(resources)}")
-        node = self._start(name, arguments)
+        node = self._start(name, arguments, tmp)
         self.wait_for(sum(1 for n in self.nodes if n.process.poll() is None))
         return node
 

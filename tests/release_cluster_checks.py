@@ -3,7 +3,8 @@
 Runs only inside a network namespace of its own: tests/test_release_cluster.py starts it there with
 `unshare -n`. The checks share one cluster and one registry and run in file order: the release is built,
 pulled back and verified; built again (nothing to do); changed (only what changed is built); then a node is
-killed mid-build, last, since the cluster has one node less afterwards.
+killed mid-build, late, since the cluster has one node less afterwards; last, the machine comes back and its
+next build sweeps what the killed one left in its TMPDIR.
 """
 from __future__ import annotations
 
@@ -205,6 +206,8 @@ def test_a_node_killed_mid_build_is_retried_elsewhere_and_nothing_partial_is_pus
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, "".join(seen) + stderr
     assert "Traceback" not in stderr and "(raylet)" not in stdout, stdout  # Ray's own notices stay off stdout
+    # the killed build had no time to clean up: its scratch folder (the bundle half made) is still in its TMPDIR
+    assert len(_scratch(world["second"].tmp)) == 1, sorted(p.name for p in world["second"].tmp.iterdir())
     assert stdout.splitlines()[-1].startswith("2 built, 0 cached, 0 failed; index "), stdout
     report = json.loads((world["root"] / "report-killed" / "report.json").read_text())
     bundles = report["bundles"]
@@ -218,6 +221,28 @@ def test_a_node_killed_mid_build_is_retried_elsewhere_and_nothing_partial_is_pus
     assert "2.0" in tags
     for tag in (t for t in tags if t.startswith("build-")):
         pull(f"{world['registry']}/acme/detectors:{tag}", world["root"] / "pulled" / tag, insecure=True)
+
+
+def test_the_next_build_on_the_killed_nodes_machine_sweeps_what_the_killed_build_left(world):
+    killed = world["second"]
+    [left] = _scratch(killed.tmp)
+    # the machine comes back (the same TMPDIR) and a build is pinned to it: before its own work, it sweeps
+    world["cluster"].add_node("second-again", num_cpus=1, resources=GPU_NODE_RESOURCES, tmp=killed.tmp)
+    path = release_file(world, "after-kill", version="2.1", verify=False,  # a name of its own: a key not built yet
+                        defaults={"input_image_shape": [64, 64], "name": "swept"},
+                        matrix={"model": ["ppyoloe_s"], "precision": ["fp32"], "target": ["standalone"]},
+                        include=[{"resources": {"accelerator_type:T4": 0.001}}],
+                        weights={"ppyoloe_s": str(world["weights"]["ppyoloe_s"])})
+    done, report = release(world, path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [bundle] = report["bundles"]
+    assert bundle["status"] == "built" and "accelerator_type:T4" in bundle["node"], bundle
+    assert not left.exists() and _scratch(killed.tmp) == []  # the dead build's leftover, and its own scratch
+
+
+def _scratch(tmp: pathlib.Path) -> list[pathlib.Path]:
+    """The scratch folders of release builds in a node's TMPDIR (builder.releases.worker.SCRATCH_NAME)."""
+    return [p for p in tmp.iterdir() if p.name.startswith(".builder-release.") and p.name.endswith(".build")]
 
 
 def _json(url: str, accept: str) -> dict:

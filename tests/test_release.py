@@ -127,6 +127,51 @@ def test_a_bad_release_file_is_one_line_naming_the_entry(text, expected, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+# ---- what a release verifies its bundles on ----------------------------------------------------------------------
+
+def _images(folder: pathlib.Path) -> pathlib.Path:
+    from builder.core.images import PHOTOS
+
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes((PHOTOS / "coffee.jpg").read_bytes())
+    return folder
+
+
+def test_a_release_names_its_verify_images_for_every_bundle_and_per_model(tmp_path):
+    """verify used to be a bool, so a release of a domain model could only turn verification off: builder's
+    photos hold nothing such a model finds."""
+    from builder.releases.run import _job, with_keys
+
+    _images(tmp_path / "data" / "all")
+    _images(tmp_path / "data" / "shapes")
+    text = (BASE + "matrix: {model: [yolo_nas_s, ppyoloe_s], target: [standalone]}\n"
+            "verify: {images: data/all, count: 5, models: {ppyoloe_s: data/shapes}}\n")
+    spec = read_release_file(write(tmp_path, text))
+    planned = with_keys(spec, plan(spec))
+    jobs = {p.spec.export.model: _job(spec, p)["verify"] for p in planned}
+    assert jobs == {"yolo_nas_s": {"images": str(tmp_path / "data" / "all"), "count": 5},
+                    "ppyoloe_s": {"images": str(tmp_path / "data" / "shapes"), "count": 5}}
+    default = read_release_file(write(tmp_path, BASE + "matrix: {model: [yolo_nas_s], target: [standalone]}\n"))
+    assert default.verification("yolo_nas_s") == {"images": None, "count": 32}  # the bundle's samples, else photos
+    off = read_release_file(write(tmp_path, BASE + "matrix: {model: [yolo_nas_s], target: [standalone]}\n"
+                                  "verify: false\n"))
+    assert off.verification("yolo_nas_s") is None
+
+
+@pytest.mark.parametrize("verify, expected", [
+    ("{images: nowhere}", "verify: images folder '{root}/nowhere' does not exist"),
+    ("{models: {ppyoloe_s: nowhere}}", "verify images are given for 'ppyoloe_s', which no bundle"),
+    ("{imagez: data}", "invalid verify: unknown option 'imagez'"),
+    ("{count: 0}", "invalid verify: invalid count: Input should be greater than or equal to 1"),
+    ("maybe", "invalid verify: expected true, false or {{images: DIR"),
+])
+def test_bad_verify_settings_are_one_line_before_anything_runs(verify, expected, tmp_path, capsys):
+    path = write(tmp_path, BASE + f"matrix: {{model: [yolo_nas_s], target: [standalone]}}\nverify: {verify}\n")
+    assert main(["release", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected.format(root=tmp_path) in err, err
+
+
 def test_a_missing_release_file_is_one_line(tmp_path, capsys):
     assert main(["release", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err == f"error: release file '{tmp_path / 'nope.yaml'}' does not exist\n"

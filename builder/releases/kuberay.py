@@ -9,7 +9,7 @@ import shlex
 from typing import Any, Iterable, Optional
 
 from builder.core.errors import UserError
-from builder.releases.spec import PATH_OPTIONS, PlannedBundle, ReleaseSpec
+from builder.releases.spec import PATH_OPTIONS, PlannedBundle, ReleaseSpec, VerifySettings
 
 SCHEMA = pathlib.Path(__file__).with_name("rayjob.schema.json")
 ORIGIN = "RayJob"
@@ -264,6 +264,13 @@ def _check_inputs(release: ReleaseSpec, planned: list[PlannedBundle], release_te
                         "the pinned builder image itself", hint="set runner: auto or local")
     for model, weights in release.weights.items():
         _refuse_local(f"weights of {model}", "weights", weights)
+    if isinstance(release.verify, VerifySettings):  # folders only: verify reads no URLs
+        for subject, folder in [("verify: images", release.verify.images), *(
+                (f"verify images of {model}", images) for model, images in release.verify.models.items())]:
+            if folder is not None:
+                raise UserError(f"release file: {subject} '{folder}' is a local folder, which no Kubernetes pod can "
+                                f"read", hint="drop it: each bundle is then verified on its own samples/, else on "
+                                "builder's photos")
     for option, value in _path_options(release.defaults):
         _refuse_local(f"defaults: {option}", option, value)
     for p in planned:

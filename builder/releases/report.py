@@ -1,11 +1,17 @@
-"""The release report: Markdown and HTML (and the same as JSON), written together into one folder, atomically."""
+"""The release report: Markdown, HTML and JSON, three files written into a folder beside what it holds."""
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import pathlib
 
 COLUMNS = ("#", "bundle", "status", "digest", "size", "time", "node", "attempts", "accuracy")
+#: the files of a report: they belong to the release, so a run of it replaces its own and nothing else
+REPORT_FILES = ("report.json", "report.html", "report.md")
+#: a report.json larger than this is no report of builder's (1,024 bundles make about 1 MB)
+MAX_REPORT_BYTES = 16 * 2 ** 20
 
 
 def markdown(result) -> str:
@@ -64,15 +70,58 @@ def as_json(result) -> str:
                        "index": result.index, "bundles": bundles}, indent=2, default=str) + "\n"
 
 
-def write_report(result, folder: pathlib.Path) -> pathlib.Path:
-    """report.md, report.html and report.json in `folder` (replacing an earlier report of the release)."""
-    from builder.core.files import staged_folder
+def check_report_dir(folder: pathlib.Path, spec) -> None:
+    """Refuse, before any build or push, a report folder the report cannot go into: a file, one under a file, one
+    that cannot be written, or one holding a report file that is not this release's own (REPORT_FILES)."""
+    from builder.core.errors import UserError
+    from builder.core.files import check_writable
 
-    with staged_folder(folder, force=True) as staging:
-        (staging / "report.md").write_text(markdown(result), encoding="utf-8")
-        (staging / "report.html").write_text(html_page(result), encoding="utf-8")
-        (staging / "report.json").write_text(as_json(result), encoding="utf-8")
-    return pathlib.Path(folder) / "report.md"
+    folder = pathlib.Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"report folder '{folder}' is not a folder")
+    check_writable(folder / "report.md")  # refuses a file in the path too
+    if _holds_report_of(folder, spec):
+        return
+    for name in REPORT_FILES:
+        if os.path.lexists(folder / name):
+            raise UserError(f"'{folder / name}' exists and is not the report of release {spec.name} {spec.version}",
+                            hint="give another --report-dir, or move the file away")
+
+
+def write_report(result, folder: pathlib.Path) -> pathlib.Path:
+    """report.json, report.html and report.md in `folder`, each written atomically; nothing else in the folder is
+    touched. A release's own earlier report is replaced; any other file of those names is not (see
+    check_report_dir), even one that appeared while the release ran."""
+    from builder.core.errors import UserError
+    from builder.core.files import atomic_file
+
+    folder = pathlib.Path(folder)
+    replace = _holds_report_of(folder, result.spec)
+    pages = {"report.json": as_json(result), "report.html": html_page(result), "report.md": markdown(result)}
+    try:
+        # all three are written before any is moved into place; report.json, which says whose report the folder
+        # holds, moves first (the last one entered)
+        with contextlib.ExitStack() as files:
+            for name in reversed(REPORT_FILES):
+                files.enter_context(atomic_file(folder / name, replace=replace)).write(pages[name].encode("utf-8"))
+    except UserError as e:
+        if e.hint and "--force" in e.hint:  # a file of that name appeared meanwhile; release has no --force
+            raise UserError(str(e), hint="give another --report-dir, or move the file away") from None
+        raise
+    return folder / "report.md"
+
+
+def _holds_report_of(folder: pathlib.Path, spec) -> bool:
+    """Whether `folder`'s report.json is a report of this release (same repository, name and version)."""
+    path = folder / "report.json"
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_REPORT_BYTES:  # (a FIFO would never end)
+            return False
+        said = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(said, dict) and (said.get("repository"), said.get("name"), said.get("version")) == (
+        spec.repository, spec.name, spec.version)
 
 
 def _cell(text: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -136,9 +135,9 @@ def release(release_file: str | pathlib.Path, dry_run: bool = False, address: Op
     require("cluster", "ray")  # said before the registry is asked, not only when something turns out to need building
     report_dir = pathlib.Path(report_dir) if report_dir is not None else (
         pathlib.Path(DEFAULT_REPORT_ROOT) / f"{spec.name}-{spec.version}")
-    from builder.core.files import check_folder_destination
+    from builder.releases.report import check_report_dir
 
-    check_folder_destination(report_dir, force=True)  # an unwritable report folder fails before hours of builds
+    check_report_dir(report_dir, spec)  # a report that cannot be written fails before hours of builds
     from builder.oci.index import find_bundle
 
     client = _client(spec)
@@ -220,48 +219,9 @@ def _push_index(spec: ReleaseSpec, client, result: ReleaseResult) -> str:
 
 # --- Ray ------------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def ray_cluster(address: Optional[str]):
-    """Connected to the cluster at `address`, or to a Ray started in this process (None); disconnected after."""
-    from builder.core.extras import require
-
-    require("cluster", "ray")
-    import ray
-
-    if ray.is_initialized():  # the caller's own connection (builder.release() from a Ray driver)
-        yield ray
-        return
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if address is None:
-            ray.init(include_dashboard=False, **options)
-        else:
-            ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise UserError(f"cannot connect to {where}: {' '.join(str(e).split())[:300]}") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def node_names(ray) -> dict[str, str]:
-    """node id -> 'id8 (head)' / 'id8 (GPU 1, accelerator_type:T4, ...)': how progress and the report name nodes."""
-    names = {}
-    for node in ray.nodes():
-        resources = node.get("Resources", {})
-        notable = [f"GPU {resources['GPU']:g}"] if resources.get("GPU") else []
-        notable += sorted(k for k in resources if not k.startswith(("node:", "CPU", "GPU", "memory",
-                                                                      "object_store_memory")))
-        if "node:__internal_head__" in resources:
-            notable.insert(0, "head")
-        names[node["NodeID"]] = node["NodeID"][:8] + (f" ({', '.join(notable)})" if notable else "")
-    return names
-
-
 def _build_on_ray(spec: ReleaseSpec, builds: list[PlannedBundle], result: ReleaseResult, address: Optional[str],
                   max_parallel: Optional[int]) -> None:
+    from builder.releases.cluster import cancel_builds, node_names, ray_cluster
     from builder.releases.progress import LiveLines
     from builder.releases.worker import ProgressBoard, build
 
@@ -303,17 +263,16 @@ def _build_on_ray(spec: ReleaseSpec, builds: list[PlannedBundle], result: Releas
                     outcome = _collect(ray, ref, states.get(p.key) or {})
                     result.outcomes[p.key] = outcome
                     live.finished(p, outcome, result.nodes)
-        except BaseException:
-            for ref in running:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
+        except BaseException:  # Ctrl-C, SIGTERM (builder.core.signals), a bug: builds stop and clean up
+            cancel_builds(ray, list(running))
             raise
         finally:
             live.close()
 
 
 def _job(spec: ReleaseSpec, p: PlannedBundle) -> dict[str, Any]:
-    return {"key": p.key, "name": p.spec.model_name, "options": p.options, "stage": p.stage, "verify": spec.verify,
+    return {"key": p.key, "name": p.spec.model_name, "options": p.options, "stage": p.stage, "gpu": p.gpu,
+            "verify": spec.verification(p.spec.export.model),
             "repository": spec.repository, "tag": BUILD_TAG_PREFIX + p.key, "insecure": spec.insecure}
 
 

@@ -22,14 +22,17 @@ file's folder. In a cluster they must mean the same on every node (a shared file
 """
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
+import math
 import pathlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from builder.core.errors import UserError
 
@@ -52,6 +55,20 @@ VERSION_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 Scalar = str | int | float | bool
 
 
+class VerifySettings(BaseModel):
+    """release.yaml's `verify:` as a mapping: the images each bundle is verified on before it is pushed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    images: Optional[str] = Field(None, description="Folder of images every bundle is verified on. Default: the bundle's own samples/, else builder's 7 photos.")
+    count: StrictInt = Field(32, ge=1, le=10_000, description="Most images used from a folder.")
+    models: dict[str, str] = Field(default_factory=dict, description="Model variant -> a folder of its own images (pictures of what it detects), in place of `images`.")
+
+    def for_model(self, model: str) -> dict[str, Any]:
+        """verify()'s images and count for one model's bundles."""
+        return {"images": self.models.get(model, self.images), "count": self.count}
+
+
 class ReleaseSpec(BaseModel):
     """What release.yaml holds; validated as a whole before any bundle is planned."""
 
@@ -66,7 +83,7 @@ class ReleaseSpec(BaseModel):
     gpu_image: Optional[str] = Field(None, max_length=255, description="Builder image of TensorRT builds (docker runner). Default: model-bundle-builder:VERSION.")
     cpus_per_build: StrictInt = Field(1, ge=1, le=256, description="CPUs a build asks Ray for.")
     retries: StrictInt = Field(2, ge=0, le=10, description="Times a build is retried when its node dies (a build that fails is not).")
-    verify: bool = Field(True, strict=True, description="Verify every ONNX Runtime bundle against PyTorch on its node before pushing it.")
+    verify: Union[StrictBool, VerifySettings] = Field(True, description="Verify every ONNX Runtime bundle against PyTorch on its node before pushing it: true, false, or {images: DIR, count: N, models: {VARIANT: DIR}}.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="Bundle options every bundle starts from.")
     matrix: dict[str, list[Any]] = Field(default_factory=dict, description="Option -> the values the release spans.")
     include: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_BUNDLES)
@@ -100,14 +117,29 @@ class ReleaseSpec(BaseModel):
                              f"'localhost'")
         return value
 
+    @field_validator("matrix", mode="before")
+    @classmethod
+    def _matrix_lists(cls, value: Any) -> Any:
+        for key, values in (value.items() if isinstance(value, dict) else ()):
+            if isinstance(values, (set, frozenset)):  # it would become a list in no fixed order: bundles renumbered
+                raise ValueError(f"'{key}' is {values}, which YAML reads as a set: write a list, e.g. "
+                                 f"[{', '.join(sorted(map(str, values)))}]")
+        return value
+
     @field_validator("matrix")
     @classmethod
     def _matrix(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in value.items():
             if not values:
                 raise ValueError(f"'{key}' lists no values")
+            for v in values:
+                _check_plain(v, f"'{key}' lists")
             if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
                 raise ValueError(f"'{key}' lists a value twice")
+        # counted before anything is expanded: a few lines of lists multiply out to more than memory holds
+        count = math.prod(len(values) for values in value.values())
+        if count > MAX_BUNDLES:
+            raise ValueError(f"its lists multiply out to {count} combinations; at most {MAX_BUNDLES} (before exclude)")
         return value
 
     @field_validator("include", "exclude")
@@ -116,6 +148,8 @@ class ReleaseSpec(BaseModel):
         for i, entry in enumerate(value):
             if not entry:
                 raise ValueError(f"entry {i + 1} is empty")
+            for key, v in entry.items():
+                _check_plain(v, f"entry {i + 1}: '{key}' {'holds' if isinstance(v, (dict, list)) else 'is'}")
         return value
 
     @model_validator(mode="after")
@@ -125,6 +159,27 @@ class ReleaseSpec(BaseModel):
             if unknown:
                 raise ValueError(f"exclude entry {i + 1} names '{unknown[0]}', which the matrix does not list")
         return self
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify(cls, value: Any) -> Any:
+        """One message for either form (a union would name the branch: `verify.bool`)."""
+        from builder.exporting.spec import validation_message
+
+        if isinstance(value, dict):
+            try:
+                return VerifySettings(**value)
+            except ValidationError as e:
+                raise ValueError(validation_message(e)) from None
+        if not isinstance(value, (bool, VerifySettings)):
+            raise ValueError("expected true, false or {images: DIR, count: N, models: {VARIANT: DIR}}")
+        return value
+
+    def verification(self, model: str) -> Optional[dict[str, Any]]:
+        """verify()'s images and count for one model's bundles; None where the release does not verify."""
+        if self.verify is False:
+            return None
+        return (self.verify if isinstance(self.verify, VerifySettings) else VerifySettings()).for_model(model)
 
     @property
     def repository(self) -> str:
@@ -189,6 +244,11 @@ def read_release_file(path: str | pathlib.Path) -> ReleaseSpec:
         spec = ReleaseSpec(**data)
     except ValidationError as e:
         raise UserError(f"release file '{path}': {validation_message(e)}") from None
+    if isinstance(spec.verify, VerifySettings):
+        verify = spec.verify
+        spec = spec.model_copy(update={"verify": verify.model_copy(update={
+            "images": _absolute(verify.images, path.parent, "images"),
+            "models": {k: _absolute(v, path.parent, "images") for k, v in verify.models.items()}})})
     return spec.model_copy(update={"weights": {k: _absolute(v, path.parent, "weights") for k, v in spec.weights.items()},
                                    "defaults": _absolute_paths(spec.defaults, path.parent),
                                    "include": [_absolute_paths(e, path.parent) for e in spec.include],
@@ -252,7 +312,44 @@ def plan(spec: ReleaseSpec, source: str = "release file") -> list[PlannedBundle]
     unused = sorted(set(spec.weights) - {p.spec.export.model for p in planned})
     if unused:
         raise UserError(f"{source}: weights are given for '{unused[0]}', which no bundle of the release builds")
+    _check_verify_images(spec, {p.spec.export.model for p in planned}, source)
     return planned
+
+
+def _check_verify_images(spec: ReleaseSpec, models: set[str], source: str) -> None:
+    """The folders `verify:` names hold images, and name models the release builds: said before any build."""
+    from builder.core.images import image_files
+
+    if not isinstance(spec.verify, VerifySettings):
+        return
+    unused = sorted(set(spec.verify.models) - models)
+    if unused:
+        raise UserError(f"{source}: verify images are given for '{unused[0]}', which no bundle of the release builds")
+    for folder in {spec.verification(model)["images"] for model in models} - {None}:
+        try:
+            image_files(folder)
+        except UserError as e:
+            raise UserError(f"{source}: verify: {e.one_line()}") from None
+
+
+#: what YAML reads as other than text, a number, a boolean, a list or a mapping (safe_load makes these)
+_NOT_PLAIN = ((datetime.datetime, "a date and time"), (datetime.date, "a date"), ((set, frozenset), "a set"),
+              (bytes, "binary data"))
+
+
+def _check_plain(value: Any, said: str) -> None:
+    """Refuse a value YAML read as a date, a set or binary data, anywhere inside `value` (unquoted `2026-11-02`
+    is a date): matrix values are compared and keyed as JSON, and a bundle option is text anyway."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, said)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_plain(item, said)
+    else:
+        for kind, what in _NOT_PLAIN:
+            if isinstance(value, kind):
+                raise ValueError(f"{said} {value}, which YAML reads as {what}: quote it")
 
 
 def _matches(row: dict[str, Any], entry: dict[str, Any]) -> bool:

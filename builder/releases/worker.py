@@ -2,7 +2,8 @@
 
 A build that fails returns its error line (it is not retried: the same inputs fail the same way). A node
 that dies takes the build with it and Ray runs it again elsewhere: the bundle is pushed only after it is
-whole and verified, and its tag is written last, so a dead build leaves nothing the registry serves.
+whole and verified, and its tag is written last, so a dead build leaves nothing the registry serves. What it
+leaves in its node's TMPDIR the next build there sweeps. A cancelled build (Ctrl-C of the release) cleans up.
 """
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import logging
 import pathlib
 import tempfile
 import time
-from typing import Any
+from typing import Any, Optional
 
 from builder.core.errors import UserError
+
+#: builds keep their files in TMPDIR/.builder-release.PID.RANDOM.build (builder.core.files.scratch_folder)
+SCRATCH_NAME = "builder-release"
 
 
 class ProgressBoard:
@@ -84,22 +88,38 @@ def build(job: dict[str, Any], board) -> dict[str, Any]:
 
 
 def _build(job: dict[str, Any], post) -> dict[str, Any]:
+    from builder.core.files import scratch_folder
     from builder.oci.transfer import push
     from builder.targets.build import bundle
 
     runner = _runner(job["stage"])
-    with tempfile.TemporaryDirectory(prefix="builder-release-") as scratch:
+    _check_key(job)
+    # a builder scratch folder, not a TemporaryDirectory: what a killed build leaves (its node's raylet gone, a
+    # forced cancel) the next build on the node sweeps
+    with scratch_folder(pathlib.Path(tempfile.gettempdir()) / SCRATCH_NAME, "build") as scratch:
         folder = pathlib.Path(scratch) / job["name"]
         post("exporting")
         bundle(folder, runner=runner.name, image=getattr(runner, "image", None), **job["options"])
         accuracy = "not verified"
-        if job["verify"]:
-            accuracy = _verify(folder, post)
+        if job["verify"] is not None:
+            accuracy = _verify(folder, post, **job["verify"])
         post("pushing")
         annotations = {"dev.builder.build-key": job["key"], "dev.builder.accuracy": accuracy}
         transfer = push(folder, f"{job['repository']}:{job['tag']}", job["insecure"], annotations)
     return {"digest": transfer.digest, "size": transfer.size, "manifest_size": transfer.manifest_size,
             "accuracy": accuracy}
+
+
+def _check_key(job: dict[str, Any]) -> None:
+    """The key again, from this node's view of the inputs: a weights URL that now serves another file, or a path
+    that holds other content here than where the release was planned, would give a bundle its key does not name."""
+    from builder.releases.keys import build_key
+    from builder.targets.build import resolve_spec
+
+    if build_key(resolve_spec(None, **job["options"]), job["stage"], job["gpu"]) != job["key"]:
+        raise UserError("the files this bundle is built from (weights, images, labels, templates) are not the ones "
+                        "the release was planned with: they changed since, or differ on this node",
+                        hint="run the release again; on a cluster, every node must see the same files")
 
 
 def _runner(stage: dict[str, Any]):
@@ -126,8 +146,9 @@ def _runner(stage: dict[str, Any]):
     return DockerRunner(stage["image"])
 
 
-def _verify(folder: pathlib.Path, post) -> str:
-    """The bundle against its PyTorch model on builder's photos: a failed gate fails the build."""
+def _verify(folder: pathlib.Path, post, images: Optional[str], count: int) -> str:
+    """The bundle against its PyTorch model on the release's verify images (default: the bundle's own samples, else
+    builder's photos): a failed gate fails the build."""
     from builder.core.manifest import read_manifest
     from builder.exporting.nms import flavour
 
@@ -136,7 +157,7 @@ def _verify(folder: pathlib.Path, post) -> str:
     from builder.verification.verify import verify
 
     post("verifying")
-    result = verify(folder)
+    result = verify(folder, images=images, count=count)
     totals = result.totals
     summary = f"recall {totals['recall']:.3f}, precision {totals['precision']:.3f} on {totals['images']} images"
     if not result.passed:
